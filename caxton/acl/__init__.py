@@ -1,0 +1,3 @@
+"""
+FIPA-ACL: the message model, its JSON codec and the interaction protocols.
+"""

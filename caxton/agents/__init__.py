@@ -1,0 +1,3 @@
+"""
+WebAssembly agents: the wasmtime runtime, the agent ABI and the lifecycle.
+"""

@@ -1,0 +1,3 @@
+"""
+The REST management API (Klein).
+"""

@@ -1,0 +1,3 @@
+"""
+Message routing inside a node: delivery, failures, dead letters, mailboxes.
+"""

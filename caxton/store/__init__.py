@@ -1,0 +1,3 @@
+"""
+The node's local state in embedded SQLite.
+"""
