@@ -15,6 +15,7 @@ output always uses the underscored names of the SPEC.
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import datetime, timezone
 from typing import Any, Mapping, Optional, Tuple, Union
@@ -208,7 +209,11 @@ def parse_time(value: Any, field: str = "reply_by") -> datetime:
         raise InvalidMessage(f"{field} {value!r} is not an RFC 3339 timestamp")
     if when.tzinfo is None:
         raise InvalidMessage(f"{field} {value!r} has no UTC offset")
-    return when.astimezone(timezone.utc)
+    try:
+        return when.astimezone(timezone.utc)
+    except OverflowError:
+        # 0001-01-01T00:00+01:00 is a valid timestamp with no UTC datetime.
+        raise InvalidMessage(f"{field} {value!r} is out of range")
 
 
 def format_time(when: datetime) -> str:
@@ -216,7 +221,12 @@ def format_time(when: datetime) -> str:
     Format an aware datetime as RFC 3339 in UTC with milliseconds.
     """
     when = when.astimezone(timezone.utc)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    # Not strftime: its %Y does not pad years before 1000 to four digits.
+    return (
+        f"{when.year:04d}-{when.month:02d}-{when.day:02d}T"
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d}."
+        f"{when.microsecond // 1000:03d}Z"
+    )
 
 
 def parse_message(data: Any, *, require_receiver: bool = True) -> ACLMessage:
@@ -284,10 +294,25 @@ def decode_message(raw: Union[bytes, str], *, require_receiver: bool = True) -> 
     @raise InvalidMessage: if C{raw} is not UTF-8 JSON or not a valid message.
     """
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError) as e:
         raise InvalidMessage(f"malformed JSON: {e}")
+    except RecursionError:
+        raise InvalidMessage("malformed JSON: nested too deeply")
     return parse_message(data, require_receiver=require_receiver)
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; passing them on would hand agents text
+    # that strict parsers reject.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
 
 
 def message_to_dict(message: ACLMessage) -> dict[str, Any]:
@@ -326,9 +351,15 @@ def encode_message(message: ACLMessage) -> bytes:
     """
     Compact UTF-8 JSON for C{message}: what agents and the store receive.
     """
-    return json.dumps(
-        message_to_dict(message), separators=(",", ":"), ensure_ascii=False
-    ).encode("utf-8")
+    data = message_to_dict(message)
+    try:
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8"
+        )
+    except UnicodeEncodeError:
+        # A lone surrogate (from a "\\ud800" escape) has no UTF-8 form; JSON's
+        # own escapes carry it.
+        return json.dumps(data, separators=(",", ":")).encode("ascii")
 
 
 def make_reply(

@@ -8,7 +8,7 @@ without waiting for a disk.  Reads see every record made before them.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import attr
 from zope.interface import Attribute, Interface
@@ -176,6 +176,18 @@ class IStateStore(Interface):
         """
         Deferred of L{DeadLetter}s, newest first, with C{seq < before} when
         given.
+        """
+
+    def save_pending(items: Sequence[Tuple[str, bytes]]) -> None:
+        """
+        Keep messages that were still queued for agents at shutdown, as
+        C{(agent name, message JSON)}. Batched; flushed by C{close}.
+        """
+
+    def take_pending() -> Any:
+        """
+        Deferred of the kept C{(agent name, message dict)} pairs, in the
+        order kept, removing them from the store.
         """
 
     def expire(now: float) -> Any:

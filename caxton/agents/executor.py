@@ -1,0 +1,142 @@
+# -*- test-case-name: tests.test_agents_executor -*-
+"""
+Worker threads for guest calls, so that no agent runs on the reactor thread.
+
+ctypes releases the GIL while wasm runs, so a spinning agent costs one
+worker thread until its wall-clock limit, while the reactor keeps answering
+the API and timers (shared/notes/agents.md, section 6).  Work goes in with
+L{IWorkers.schedule}; its result comes back on the reactor thread.
+
+L{InlineWorkers} is the deterministic fake for unit tests: work runs when
+the test calls L{InlineWorkers.pump}, on the test's thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from typing import Any, Callable, Deque, List, Optional, Tuple
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+log = Logger()
+
+_Job = Tuple[Callable[[], Any], Callable[[Any], None], Callable[[Failure], None]]
+
+
+class IWorkers(Interface):
+    """
+    Somewhere to run blocking work off the reactor thread.
+    """
+
+    def schedule(work: Callable[[], Any], done: Callable[[Any], None], error: Callable[[Failure], None]) -> None:
+        """
+        Run C{work()} off the reactor thread; then, on the reactor thread,
+        C{done(result)}, or C{error(failure)} if it raised.
+        """
+
+    def start() -> None:
+        """
+        Start the workers.
+        """
+
+    def stop() -> Deferred:
+        """
+        Let running work finish, stop the workers; fires when they are gone.
+        """
+
+
+@implementer(IWorkers)
+class ThreadWorkers:
+    """
+    A fixed set of daemon threads taking jobs from one queue.
+
+    @param reactor: provides C{callFromThread} and C{callInThread}.
+    @param count: how many guest calls may run at once.
+    """
+
+    def __init__(self, reactor: Any, count: int) -> None:
+        self._reactor = reactor
+        self._count = count
+        self._jobs: "queue.SimpleQueue[Optional[_Job]]" = queue.SimpleQueue()
+        self._threads: List[threading.Thread] = []
+
+    def start(self) -> None:
+        for i in range(self._count):
+            thread = threading.Thread(target=self._work, name=f"caxton-agent-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def schedule(self, work: Callable[[], Any], done: Callable[[Any], None], error: Callable[[Failure], None]) -> None:
+        self._jobs.put((work, done, error))
+
+    def _work(self) -> None:
+        callFromThread = self._reactor.callFromThread
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            work, done, error = job
+            try:
+                result = work()
+            except BaseException:
+                callFromThread(error, Failure())
+            else:
+                callFromThread(done, result)
+
+    def stop(self) -> Deferred:
+        threads, self._threads = self._threads, []
+        for _ in threads:
+            self._jobs.put(None)
+
+        def join() -> None:
+            for thread in threads:
+                thread.join()
+
+        from twisted.internet.threads import deferToThreadPool
+
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), join)
+
+
+@implementer(IWorkers)
+class InlineWorkers:
+    """
+    Workers for deterministic tests: jobs wait until L{pump} runs them.
+    """
+
+    def __init__(self) -> None:
+        self.pending: Deque[_Job] = deque()
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> Deferred:
+        self.pump()
+        from twisted.internet.defer import succeed
+
+        return succeed(None)
+
+    def schedule(self, work: Callable[[], Any], done: Callable[[Any], None], error: Callable[[Failure], None]) -> None:
+        self.pending.append((work, done, error))
+
+    def pump(self, limit: int = 10_000) -> int:
+        """
+        Run jobs (and the jobs they schedule) until none is left.
+
+        @return: how many ran.
+        """
+        ran = 0
+        while self.pending and ran < limit:
+            work, done, error = self.pending.popleft()
+            try:
+                result = work()
+            except BaseException:
+                error(Failure())
+            else:
+                done(result)
+            ran += 1
+        return ran

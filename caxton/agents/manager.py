@@ -1,0 +1,752 @@
+# -*- test-case-name: tests.test_agents_manager -*-
+"""
+The agents hosted on this node: deploy, update, stop, start, remove, and
+the delivery of messages to them (SPEC 3.1).
+
+Each agent is an L{AgentCell}.  Its inbox lives on the reactor thread;
+whenever the agent has messages and is not already busy, a batch of them
+goes to a worker thread, where they run one after another on the agent's
+instance.  A batch's outcomes come back to the reactor thread and go to the
+L{IMessageSink} (the router): what the agent sent, and the failures the
+senders of failed messages must hear about.  One agent never runs on two
+threads at once, so its messages are handled in the order they arrived.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import deque
+from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
+
+import attr
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface
+
+from caxton.acl.message import AGENT_NAME, ACLMessage
+from caxton.agents.executor import IWorkers
+from caxton.agents.runtime import (
+    AgentInstance,
+    CompiledModule,
+    InvalidWasm,
+    Limits,
+    Outcome,
+    WasmRuntime,
+    module_hash,
+)
+from caxton.config import AgentDefaults, parse_duration, parse_size
+from caxton.errors import (
+    AgentAlreadyExists,
+    AgentNotFound,
+    AgentUnavailable,
+    InvalidRequest,
+    QueueFull,
+)
+from caxton.store.interfaces import AgentRecord, IStateStore
+
+log = Logger()
+
+#: Names the platform keeps for itself.
+RESERVED_NAMES = frozenset({"caxton"})
+
+#: Messages handed to a worker in one go.
+BATCH = 64
+
+_LOG_LEVELS = {0: "debug", 1: "info", 2: "warn", 3: "error"}
+
+
+class IMessageSink(Interface):
+    """
+    Where the agents' output goes: the router.
+    """
+
+    def agent_sent(agent: str, message: ACLMessage) -> None:
+        """
+        C{agent} sent C{message} (its C{send} or C{reply} returned 0).
+        """
+
+    def agent_refused(agent: str, reason: str, handling: Optional[ACLMessage]) -> None:
+        """
+        C{agent} tried to send something malformed while handling
+        C{handling}; it should hear C{not-understood}.
+        """
+
+    def delivery_failed(message: ACLMessage, receiver: str, reason: str, detail: str) -> None:
+        """
+        C{message} could not be handled by C{receiver}.
+        """
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class AgentSpec:
+    """
+    What a deploy says about an agent besides its module.
+
+    @ivar capabilities: what it offers, for capability receivers.
+    @ivar limits: its sandbox limits.
+    @ivar config: the JSON value handed to C{caxton_init}.
+    @ivar document: the spec as persisted and shown.
+    """
+
+    capabilities: Tuple[str, ...]
+    limits: Limits
+    config: Any
+    document: Dict[str, Any]
+
+
+_LIMIT_PARSERS = {
+    "memory": parse_size,
+    "fuel": lambda v: int(parse_size(v)),
+    "wall_clock": parse_duration,
+    "max_message": parse_size,
+    "max_sends": lambda v: int(parse_size(v)),
+}
+
+_LIMIT_CEILINGS = {
+    "memory": 4 * 1024**3,
+    "wall_clock": 300.0,
+    "max_message": 64 * 1024**2,
+}
+
+
+def parse_spec(document: Any, defaults: AgentDefaults) -> AgentSpec:
+    """
+    Check a deploy spec (capabilities, limits, config) and fill in defaults.
+
+    @raise InvalidRequest: naming the first bad field.
+    """
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise InvalidRequest("the agent spec must be a JSON object")
+    unknown = set(document) - {"capabilities", "limits", "config"}
+    if unknown:
+        raise InvalidRequest(f"unknown spec field(s): {', '.join(sorted(unknown))}")
+    capabilities = document.get("capabilities", [])
+    if not isinstance(capabilities, list) or not all(
+        isinstance(c, str) and 0 < len(c) <= 255 for c in capabilities
+    ):
+        raise InvalidRequest("capabilities must be a list of non-empty strings")
+    given = document.get("limits") or {}
+    if not isinstance(given, dict):
+        raise InvalidRequest("limits must be a JSON object")
+    values = {
+        "memory": defaults.memory,
+        "fuel": defaults.fuel,
+        "wall_clock": defaults.wall_clock,
+        "max_message": defaults.max_message,
+        "max_sends": defaults.max_sends,
+    }
+    for key, raw in given.items():
+        parser = _LIMIT_PARSERS.get(key)
+        if parser is None:
+            raise InvalidRequest(
+                f"unknown limit {key!r} (known: {', '.join(sorted(_LIMIT_PARSERS))})"
+            )
+        try:
+            values[key] = parser(raw)
+        except ValueError as e:
+            raise InvalidRequest(f"limits.{key}: {e}")
+        ceiling = _LIMIT_CEILINGS.get(key)
+        if ceiling is not None and values[key] > ceiling:
+            raise InvalidRequest(f"limits.{key}: at most {ceiling:g}")
+    config = document.get("config")
+    clean = {"capabilities": list(dict.fromkeys(capabilities)), "limits": dict(given)}
+    if config is not None:
+        clean["config"] = config
+    return AgentSpec(tuple(clean["capabilities"]), Limits(**values), config, clean)
+
+
+def check_name(name: Any) -> str:
+    """
+    @raise InvalidRequest: if C{name} is not a valid, unreserved agent name.
+    """
+    if not isinstance(name, str) or not AGENT_NAME.match(name):
+        raise InvalidRequest(
+            "agent name must match [a-z0-9][a-z0-9._-]{0,62}"
+        )
+    if name in RESERVED_NAMES:
+        raise InvalidRequest(f"agent name {name!r} is reserved")
+    return name
+
+
+@attr.s(slots=True, auto_attribs=True, eq=False)
+class AgentCell:
+    """
+    One hosted agent: its record, its inbox and its instance.
+
+    All fields belong to the reactor thread except C{instance} and
+    C{instance_generation}, which belong to whichever worker runs the
+    agent's current batch (C{busy} says one does).
+    """
+
+    name: str
+    version: int
+    spec: AgentSpec
+    compiled: CompiledModule
+    status: str
+    reason: Optional[str]
+    created_at: float
+    updated_at: float
+    module_size: int
+    generation: int = 0
+    instance: Optional[AgentInstance] = None
+    instance_generation: int = -1
+    inbox: Deque[Tuple[ACLMessage, bytes]] = attr.ib(factory=deque)
+    busy: bool = False
+    traps: Deque[float] = attr.ib(factory=deque)
+    handled: int = 0
+    failed: int = 0
+    trapped: int = 0
+    last_error: Optional[str] = None
+    memory_bytes: int = 0
+    idle: List[Deferred] = attr.ib(factory=list)
+
+    def record(self) -> AgentRecord:
+        """
+        What the store keeps of this agent.
+        """
+        return AgentRecord(
+            name=self.name,
+            version=self.version,
+            module_hash=self.compiled.module_hash,
+            spec=self.spec.document,
+            status=self.status,
+            reason=self.reason,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
+
+    def view(self, node_id: str) -> Dict[str, Any]:
+        """
+        The agent as the API shows it.
+        """
+        limits = self.spec.limits
+        return {
+            "name": self.name,
+            "version": self.version,
+            "status": self.status,
+            "reason": self.reason,
+            "node": node_id,
+            "capabilities": list(self.spec.capabilities),
+            "module": {"hash": self.compiled.module_hash, "size": self.module_size},
+            "limits": {
+                "memory": limits.memory,
+                "fuel": limits.fuel,
+                "wall_clock": limits.wall_clock,
+                "max_message": limits.max_message,
+                "max_sends": limits.max_sends,
+            },
+            "config": self.spec.config,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "usage": {"memory_bytes": self.memory_bytes, "queue_depth": len(self.inbox)},
+            "counters": {
+                "handled": self.handled,
+                "failed": self.failed,
+                "traps": self.trapped,
+                "last_error": self.last_error,
+            },
+        }
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class _BatchResult:
+    outcomes: List[Tuple[ACLMessage, Outcome]]
+    leftover: List[Tuple[ACLMessage, bytes]]
+    memory_bytes: int
+
+
+def decode_wasm(value: Any) -> bytes:
+    """
+    The module bytes from a JSON deploy's base64 C{wasm} field.
+
+    @raise InvalidRequest: if it is missing or not base64.
+    """
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest("wasm must be the module's bytes in base64")
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        raise InvalidRequest("wasm is not valid base64")
+
+
+class AgentManager(Service):
+    """
+    The agents on this node and their lifecycle.
+
+    @param reactor: the reactor (C{seconds}, C{callLater}, thread pool).
+    @param runtime: compiles and instantiates modules.
+    @param workers: where guest calls run.
+    @param store: where agents are persisted.
+    @param defaults: the node's default limits and trap policy.
+    @param node_id: this node's id, shown in agent views.
+    """
+
+    name = "agents"
+
+    def __init__(
+        self,
+        reactor: Any,
+        runtime: WasmRuntime,
+        workers: IWorkers,
+        store: IStateStore,
+        defaults: AgentDefaults,
+        node_id: str,
+        compile_in_thread: bool = True,
+    ) -> None:
+        self._reactor = reactor
+        self.runtime = runtime
+        self._workers = workers
+        self._store = store
+        self.defaults = defaults
+        self.node_id = node_id
+        self._compile_in_thread = compile_in_thread
+        self.sink: Optional[IMessageSink] = None
+        self._cells: Dict[str, AgentCell] = {}
+        self._reserved: set[str] = set()
+        self._capabilities: Dict[str, List[str]] = {}
+        self._round_robin: Dict[str, int] = {}
+        self.accepting = True
+
+    # Directory, for the router ------------------------------------------
+
+    def get(self, name: str) -> Optional[AgentCell]:
+        """
+        The agent called C{name} on this node, if any.
+        """
+        return self._cells.get(name)
+
+    def __iter__(self) -> Iterable[AgentCell]:
+        return iter(sorted(self._cells.values(), key=lambda c: c.name))
+
+    def __len__(self) -> int:
+        return len(self._cells)
+
+    def offering(self, capability: str) -> List[AgentCell]:
+        """
+        The agents that offer C{capability} and can take messages, by name.
+        """
+        cells = (self._cells.get(n) for n in self._capabilities.get(capability, ()))
+        return [c for c in cells if c is not None and c.status != "failed"]
+
+    def choose(self, capability: str) -> Optional[AgentCell]:
+        """
+        One agent offering C{capability}, taking turns among them.
+        """
+        cells = self.offering(capability)
+        if not cells:
+            return None
+        turn = self._round_robin.get(capability, 0)
+        self._round_robin[capability] = turn + 1
+        return cells[turn % len(cells)]
+
+    def deliver(self, name: str, message: ACLMessage, raw: bytes) -> None:
+        """
+        Queue C{message} for agent C{name}; it runs when the agent is free.
+
+        @raise AgentNotFound: no such agent here.
+        @raise AgentUnavailable: the agent has failed.
+        @raise QueueFull: its inbox holds C{agents.max_queue} messages.
+        """
+        cell = self._cells.get(name)
+        if cell is None:
+            raise AgentNotFound(f"no agent named {name!r}")
+        if cell.status == "failed":
+            raise AgentUnavailable(f"agent {name!r} has failed: {cell.reason}")
+        if len(raw) > cell.spec.limits.max_message:
+            raise AgentUnavailable(
+                f"message of {len(raw)} bytes is larger than {name!r} accepts "
+                f"({cell.spec.limits.max_message})",
+                code="TOO_LARGE",
+            )
+        if len(cell.inbox) >= self.defaults.max_queue:
+            raise QueueFull(f"agent {name!r} has {len(cell.inbox)} messages waiting")
+        cell.inbox.append((message, raw))
+        self._kick(cell)
+
+    # Running batches ------------------------------------------------------
+
+    def _kick(self, cell: AgentCell) -> None:
+        if cell.busy or cell.status != "running" or not cell.inbox:
+            return
+        cell.busy = True
+        batch = [cell.inbox.popleft() for _ in range(min(BATCH, len(cell.inbox)))]
+        compiled, spec, generation = cell.compiled, cell.spec, cell.generation
+        self._workers.schedule(
+            lambda: self._run_batch(cell, batch, compiled, spec, generation),
+            lambda result: self._batch_done(cell, result),
+            lambda failure: self._batch_crashed(cell, batch, failure),
+        )
+
+    def _run_batch(
+        self,
+        cell: AgentCell,
+        batch: List[Tuple[ACLMessage, bytes]],
+        compiled: CompiledModule,
+        spec: AgentSpec,
+        generation: int,
+    ) -> _BatchResult:
+        # On a worker thread: touch only the cell's instance fields.
+        outcomes: List[Tuple[ACLMessage, Outcome]] = []
+        for i, (message, raw) in enumerate(batch):
+            if cell.instance is None or cell.instance_generation != generation:
+                cell.instance = None
+                started = self._fresh_instance(cell.name, compiled, spec)
+                if isinstance(started, Outcome):
+                    outcomes.append((message, started))
+                    return _BatchResult(outcomes, batch[i + 1 :], 0)
+                cell.instance, cell.instance_generation = started, generation
+            outcome = cell.instance.deliver(raw, message)
+            outcomes.append((message, outcome))
+            if outcome.trapped:
+                cell.instance = None
+                return _BatchResult(outcomes, batch[i + 1 :], 0)
+        memory = cell.instance.memory.data_len(cell.instance.store) if cell.instance else 0
+        return _BatchResult(outcomes, [], memory)
+
+    def _fresh_instance(self, name: str, compiled: CompiledModule, spec: AgentSpec) -> Any:
+        """
+        A new instance with its init run, or the L{Outcome} that failed it.
+        """
+        try:
+            instance = self.runtime.instantiate(compiled, name, spec.limits)
+        except InvalidWasm as e:
+            return Outcome(False, True, str(e), "instantiate", (), (), (), 0.0)
+        outcome = instance.run_init(_config_bytes(spec))
+        if not outcome.ok:
+            return attr.evolve(
+                outcome, trapped=True, detail=f"caxton_init failed: {outcome.detail}"
+            )
+        return instance
+
+    def _batch_done(self, cell: AgentCell, result: _BatchResult) -> None:
+        cell.busy = False
+        cell.inbox.extendleft(reversed(result.leftover))
+        if result.memory_bytes:
+            cell.memory_bytes = result.memory_bytes
+        sink = self.sink
+        for message, outcome in result.outcomes:
+            for line in outcome.logs:
+                log.emit(
+                    _log_level(line.level),
+                    "agent {agent}: {text}",
+                    agent=cell.name,
+                    text=line.text,
+                )
+            if sink is not None:
+                for sent in outcome.sent:
+                    sink.agent_sent(cell.name, sent)
+                for reason in outcome.refused:
+                    sink.agent_refused(cell.name, reason, message)
+            if outcome.ok:
+                cell.handled += 1
+                continue
+            cell.failed += 1
+            cell.last_error = outcome.detail
+            if sink is not None:
+                sink.delivery_failed(message, cell.name, "AGENT_FAILED", outcome.detail)
+            if outcome.trapped:
+                self._trapped(cell, outcome)
+        if not cell.busy:
+            self._kick(cell)
+        if not cell.busy and not cell.inbox or cell.status != "running":
+            self._notify_idle(cell)
+
+    def _batch_crashed(self, cell: AgentCell, batch: List[Tuple[ACLMessage, bytes]], failure: Failure) -> None:
+        # A bug on our side, not the agent's: fail the batch, keep serving.
+        log.failure("running a batch for agent {agent} failed", failure, agent=cell.name)
+        cell.busy = False
+        cell.instance = None
+        if self.sink is not None:
+            for message, _ in batch:
+                self.sink.delivery_failed(message, cell.name, "INTERNAL_ERROR", "internal error")
+        self._kick(cell)
+
+    def _trapped(self, cell: AgentCell, outcome: Outcome) -> None:
+        now = self._reactor.seconds()
+        cell.trapped += 1
+        cell.traps.append(now)
+        while cell.traps and cell.traps[0] < now - self.defaults.trap_window:
+            cell.traps.popleft()
+        log.warn(
+            "agent {agent} trapped ({trap}): {detail}",
+            agent=cell.name,
+            trap=outcome.trap,
+            detail=outcome.detail,
+        )
+        if len(cell.traps) >= self.defaults.max_traps and cell.status != "failed":
+            reason = (
+                f"{len(cell.traps)} traps within {self.defaults.trap_window:g}s; "
+                f"last: {outcome.detail}"
+            )
+            self._fail(cell, reason)
+
+    def _fail(self, cell: AgentCell, reason: str) -> None:
+        cell.status, cell.reason = "failed", reason
+        cell.updated_at = self._reactor.seconds()
+        log.error("agent {agent} failed: {reason}", agent=cell.name, reason=reason)
+        self._persist(cell)
+        self._drop_inbox(cell, "AGENT_FAILED", f"agent {cell.name!r} has failed: {reason}")
+
+    def _drop_inbox(self, cell: AgentCell, reason: str, detail: str) -> None:
+        waiting, cell.inbox = list(cell.inbox), deque()
+        if self.sink is not None:
+            for message, _ in waiting:
+                self.sink.delivery_failed(message, cell.name, reason, detail)
+
+    def _persist(self, cell: AgentCell) -> Deferred:
+        d = self._store.save_agent(cell.record())
+        d.addErrback(lambda f: log.failure("saving agent {agent}", f, agent=cell.name))
+        return d
+
+    def _notify_idle(self, cell: AgentCell) -> None:
+        waiting, cell.idle = cell.idle, []
+        for d in waiting:
+            d.callback(None)
+
+    def when_idle(self, cell: AgentCell) -> Deferred:
+        """
+        Fires when C{cell} has no batch running.
+        """
+        if not cell.busy:
+            return succeed(None)
+        d: Deferred = Deferred()
+        cell.idle.append(d)
+        return d
+
+    # Lifecycle -------------------------------------------------------------
+
+    async def _compile(self, wasm: bytes) -> CompiledModule:
+        if not self._compile_in_thread:
+            return self.runtime.compile(wasm)
+        pool = self._reactor.getThreadPool()
+        return await deferToThreadPool(self._reactor, pool, self.runtime.compile, wasm)
+
+    async def _try_start(self, name: str, compiled: CompiledModule, spec: AgentSpec) -> AgentInstance:
+        """
+        Instantiate and init on a worker, so a slow or hostile init does
+        not hold the reactor; refuse the deploy if it fails.
+        """
+        d: Deferred = Deferred()
+        self._workers.schedule(
+            lambda: self._fresh_instance(name, compiled, spec), d.callback, d.errback
+        )
+        started = await d
+        if isinstance(started, Outcome):
+            raise InvalidWasm(started.detail)
+        return started
+
+    async def deploy(self, name: Any, wasm: bytes, document: Any) -> AgentCell:
+        """
+        Deploy a new agent and start it.
+
+        @raise InvalidRequest: bad name or spec.
+        @raise AgentAlreadyExists: the name is taken.
+        @raise InvalidWasm: the module does not compile, fit the ABI or init.
+        """
+        name = check_name(name)
+        spec = parse_spec(document, self.defaults)
+        if name in self._cells or name in self._reserved:
+            raise AgentAlreadyExists(f"an agent named {name!r} already exists")
+        self._reserved.add(name)
+        try:
+            compiled = await self._compile(wasm)
+            instance = await self._try_start(name, compiled, spec)
+            await self._store.save_module(compiled.module_hash, wasm)
+            now = self._reactor.seconds()
+            cell = AgentCell(
+                name=name,
+                version=1,
+                spec=spec,
+                compiled=compiled,
+                status="running",
+                reason=None,
+                created_at=now,
+                updated_at=now,
+                module_size=len(wasm),
+                instance=instance,
+                instance_generation=0,
+            )
+            await self._store.save_agent(cell.record())
+        finally:
+            self._reserved.discard(name)
+        self._add(cell)
+        log.info(
+            "agent {agent} deployed (version {version}, module {module_hash})",
+            agent=name,
+            version=1,
+            module_hash=compiled.module_hash,
+        )
+        return cell
+
+    def _add(self, cell: AgentCell) -> None:
+        self._cells[cell.name] = cell
+        for capability in cell.spec.capabilities:
+            self._capabilities.setdefault(capability, []).append(cell.name)
+
+    def _remove_capabilities(self, cell: AgentCell) -> None:
+        for capability in cell.spec.capabilities:
+            names = self._capabilities.get(capability, [])
+            if cell.name in names:
+                names.remove(cell.name)
+            if not names:
+                self._capabilities.pop(capability, None)
+
+    def _cell(self, name: str) -> AgentCell:
+        cell = self._cells.get(name)
+        if cell is None:
+            raise AgentNotFound(f"no agent named {name!r}")
+        return cell
+
+    async def update(self, name: str, wasm: Optional[bytes], document: Any) -> AgentCell:
+        """
+        Give an agent a new module and/or spec; its version goes up by one.
+
+        The message being handled finishes on the old instance; the next
+        one runs on the new.  A failed agent starts running again.
+        """
+        cell = self._cell(name)
+        spec = parse_spec(document, self.defaults) if document is not None else cell.spec
+        compiled = await self._compile(wasm) if wasm is not None else cell.compiled
+        await self._try_start(name, compiled, spec)
+        if wasm is not None:
+            await self._store.save_module(compiled.module_hash, wasm)
+        cell = self._cell(name)
+        self._remove_capabilities(cell)
+        cell.spec, cell.compiled = spec, compiled
+        if wasm is not None:
+            cell.module_size = len(wasm)
+        cell.version += 1
+        cell.generation += 1
+        cell.updated_at = self._reactor.seconds()
+        if cell.status == "failed":
+            cell.status, cell.reason = "running", None
+            cell.traps.clear()
+        self._add_capabilities(cell)
+        await self._store.save_agent(cell.record())
+        log.info("agent {agent} updated to version {version}", agent=name, version=cell.version)
+        self._kick(cell)
+        return cell
+
+    def _add_capabilities(self, cell: AgentCell) -> None:
+        for capability in cell.spec.capabilities:
+            names = self._capabilities.setdefault(capability, [])
+            if cell.name not in names:
+                names.append(cell.name)
+
+    async def stop(self, name: str) -> AgentCell:
+        """
+        Stop an agent: it keeps its messages queued but handles none.
+        """
+        cell = self._cell(name)
+        if cell.status == "running":
+            cell.status = "stopped"
+            cell.updated_at = self._reactor.seconds()
+            await self._store.save_agent(cell.record())
+            log.info("agent {agent} stopped", agent=name)
+        return cell
+
+    async def start(self, name: str) -> AgentCell:
+        """
+        Start a stopped or failed agent again.
+        """
+        cell = self._cell(name)
+        if cell.status != "running":
+            cell.status, cell.reason = "running", None
+            cell.traps.clear()
+            cell.instance_generation = -1
+            cell.generation += 1
+            cell.updated_at = self._reactor.seconds()
+            await self._store.save_agent(cell.record())
+            log.info("agent {agent} started", agent=name)
+            self._kick(cell)
+        return cell
+
+    async def remove(self, name: str) -> None:
+        """
+        Remove an agent; messages still waiting for it fail.
+        """
+        cell = self._cell(name)
+        del self._cells[name]
+        self._remove_capabilities(cell)
+        self._drop_inbox(cell, "AGENT_NOT_FOUND", f"agent {name!r} was removed")
+        cell.status = "removed"
+        await self._store.delete_agent(name)
+        if not any(c.compiled.module_hash == cell.compiled.module_hash for c in self._cells.values()):
+            self.runtime.forget(cell.compiled.module_hash)
+        log.info("agent {agent} removed", agent=name)
+
+    # Start and stop ----------------------------------------------------------
+
+    async def load(self) -> None:
+        """
+        Bring back the agents the store knows, in the state they were in.
+
+        An agent whose module no longer compiles comes back C{failed}, with
+        the reason; the others are not held up by it.
+        """
+        for record in await self._store.load_agents():
+            wasm = await self._store.load_module(record.module_hash)
+            try:
+                if wasm is None:
+                    raise InvalidWasm(f"module {record.module_hash} is missing from the store")
+                spec = parse_spec(record.spec, self.defaults)
+                compiled = await self._compile(wasm)
+            except (InvalidWasm, InvalidRequest) as e:
+                log.error("agent {agent} cannot be restored: {error}", agent=record.name, error=str(e))
+                continue
+            cell = AgentCell(
+                name=record.name,
+                version=record.version,
+                spec=spec,
+                compiled=compiled,
+                status=record.status,
+                reason=record.reason,
+                created_at=record.created_at,
+                updated_at=record.updated_at,
+                module_size=len(wasm),
+            )
+            self._add(cell)
+        log.info("restored {count} agents", count=len(self._cells))
+
+    async def drain(self, grace: float) -> List[Tuple[str, ACLMessage]]:
+        """
+        Stop taking messages, let running batches finish (for at most
+        C{grace} seconds), and return what is still waiting, by agent.
+        """
+        self.accepting = False
+        for cell in self._cells.values():
+            if cell.status == "running":
+                cell.status = "draining"
+        busy = [self.when_idle(c) for c in self._cells.values() if c.busy]
+        if busy:
+            from twisted.internet.defer import DeferredList
+
+            waiting = DeferredList(busy)
+            timer = self._reactor.callLater(grace, waiting.cancel)
+            try:
+                await waiting
+            except Exception:
+                log.warn("agents still busy after the {grace}s grace period", grace=grace)
+            if timer.active():
+                timer.cancel()
+        left: List[Tuple[str, ACLMessage]] = []
+        for cell in self._cells.values():
+            left.extend((cell.name, m) for m, _ in cell.inbox)
+            cell.inbox.clear()
+        return left
+
+
+def _config_bytes(spec: AgentSpec) -> bytes:
+    return json.dumps(spec.config, separators=(",", ":")).encode("utf-8")
+
+
+def _log_level(level: int) -> Any:
+    from twisted.logger import LogLevel
+
+    return LogLevel.levelWithName(_LOG_LEVELS.get(level, "info"))

@@ -1,0 +1,439 @@
+# -*- test-case-name: tests.test_api -*-
+"""
+The REST management API (SPEC 6), as a Klein app.
+
+Handlers parse the request, call the agent manager, the router or the
+store, and return JSON.  Errors are raised as domain exceptions and turned
+into the SPEC's error shape in one place, L{CaxtonAPI.app}'s error handlers.
+Authentication, metrics and events come later as wrappers of this same
+app, so every route goes through L{CaxtonAPI._json} and the error handlers.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Dict, Optional
+
+from klein import Klein
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from caxton.acl.message import InvalidMessage, message_to_dict, parse_message
+from caxton.agents.manager import AgentManager, decode_wasm
+from caxton.agents.runtime import InvalidWasm
+from caxton.config import parse_duration
+from caxton.errors import AgentNotFound, CaxtonError, ConversationNotFound, InvalidRequest
+from caxton.router.router import CLIENT_PREFIX, Router, new_id
+from caxton.store.interfaces import IStateStore, StoredMessage
+
+log = Logger()
+
+_JSON = "application/json"
+
+
+def _error(request: Any, status: int, code: str, message: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader("content-type", _JSON)
+    return json.dumps({"error": {"code": code, "message": message}}).encode("utf-8")
+
+
+def _arg(request: Any, name: str) -> Optional[str]:
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return None
+    return values[0].decode("utf-8", "replace")
+
+
+def _int_arg(request: Any, name: str, default: Optional[int], low: int = 0, high: int = 10**12) -> Optional[int]:
+    raw = _arg(request, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a whole number")
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be between {low} and {high}")
+    return value
+
+
+def _stored(item: StoredMessage) -> Dict[str, Any]:
+    return {"seq": item.seq, "recorded_at": item.recorded_at, "message": item.message}
+
+
+class CaxtonAPI:
+    """
+    The management API of one node.
+
+    @param reactor: for timers (long polls, invoke).
+    @param agents: the agents hosted here.
+    @param router: where messages go.
+    @param store: the node's state, for conversations and dead letters.
+    @param invoke_timeout: the default wait of C{invoke}, in seconds.
+    @param max_wait: the longest long poll, in seconds.
+    @param ready: tells whether the node is ready (state loaded, listening).
+    """
+
+    app = Klein()
+
+    def __init__(
+        self,
+        reactor: Any,
+        agents: AgentManager,
+        router: Router,
+        store: IStateStore,
+        invoke_timeout: float = 30.0,
+        max_wait: float = 60.0,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self._reactor = reactor
+        self._agents = agents
+        self._router = router
+        self._store = store
+        self._invoke_timeout = invoke_timeout
+        self._max_wait = max_wait
+        self._ready = ready
+
+    def resource(self) -> Any:
+        """
+        The twisted.web resource serving this API.
+        """
+        return self.app.resource()
+
+    # Errors, in one place ------------------------------------------------------
+
+    @app.handle_errors(CaxtonError)
+    def _caxton_error(self, request: Any, failure: Any) -> bytes:
+        error = failure.value
+        return _error(request, error.status, error.code, str(error))
+
+    @app.handle_errors(InvalidMessage)
+    def _invalid_message(self, request: Any, failure: Any) -> bytes:
+        return _error(request, 400, "INVALID_MESSAGE", str(failure.value))
+
+    @app.handle_errors(InvalidWasm)
+    def _invalid_wasm(self, request: Any, failure: Any) -> bytes:
+        return _error(request, 400, "INVALID_WASM", str(failure.value))
+
+    @app.handle_errors(NotFound)
+    def _no_route(self, request: Any, failure: Any) -> bytes:
+        return _error(request, 404, "INVALID_REQUEST", "no such route")
+
+    @app.handle_errors(MethodNotAllowed)
+    def _bad_method(self, request: Any, failure: Any) -> bytes:
+        return _error(request, 405, "INVALID_REQUEST", "method not allowed on this route")
+
+    @app.handle_errors(Exception)
+    def _internal(self, request: Any, failure: Any) -> bytes:
+        log.failure("unhandled error in {method} {path}", failure, method=request.method, path=request.path)
+        return _error(request, 500, "INTERNAL_ERROR", "internal error; see the node's log")
+
+    # Helpers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _json(request: Any, value: Any, status: int = 200) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader("content-type", _JSON)
+        return json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+    @staticmethod
+    def _body(request: Any, error: type = InvalidRequest) -> Any:
+        raw = request.content.read()
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise error(f"malformed JSON: {e}")
+
+    def _wait_arg(self, request: Any) -> float:
+        raw = _arg(request, "wait")
+        if raw is None:
+            return 0.0
+        try:
+            seconds = parse_duration(raw)
+        except ValueError as e:
+            raise InvalidRequest(f"wait: {e}")
+        return min(seconds, self._max_wait)
+
+    async def _wait(self, waiter: Deferred, seconds: float, request: Any) -> tuple:
+        """
+        Wait for C{waiter} at most C{seconds}, or until the client goes.
+
+        @return: C{(True, result)} if it fired, else C{(False, None)}.
+        """
+        timer = self._reactor.callLater(seconds, waiter.cancel)
+        request.notifyFinish().addErrback(lambda _: waiter.cancel())
+        try:
+            return True, await waiter
+        except CancelledError:
+            return False, None
+        finally:
+            if timer.active():
+                timer.cancel()
+
+    # Health ---------------------------------------------------------------------------
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request: Any) -> bytes:
+        return self._json(request, {"status": "ok"})
+
+    @app.route("/ready", methods=["GET"])
+    def ready(self, request: Any) -> bytes:
+        ready = self._ready()
+        return self._json(request, {"ready": ready}, 200 if ready else 503)
+
+    # Agents ----------------------------------------------------------------------------
+
+    def _deploy_parts(self, request: Any, require_wasm: bool) -> tuple:
+        """
+        The module and spec of a deploy or update: JSON with base64, or
+        multipart with a C{wasm} file and a C{spec} JSON part.
+        """
+        content_type = (request.getHeader("content-type") or "").lower()
+        if content_type.startswith("multipart/form-data"):
+            wasm_parts = request.args.get(b"wasm")
+            spec_parts = request.args.get(b"spec")
+            spec: Dict[str, Any] = {}
+            if spec_parts:
+                try:
+                    spec = json.loads(spec_parts[0])
+                except (UnicodeDecodeError, ValueError) as e:
+                    raise InvalidRequest(f"spec part is malformed JSON: {e}")
+                if not isinstance(spec, dict):
+                    raise InvalidRequest("spec part must be a JSON object")
+            wasm = wasm_parts[0] if wasm_parts else None
+            if wasm is None and require_wasm:
+                raise InvalidRequest("multipart deploy needs a 'wasm' file part")
+            return wasm, spec
+        body = self._body(request)
+        if not isinstance(body, dict):
+            raise InvalidRequest("the request body must be a JSON object")
+        wasm = decode_wasm(body.pop("wasm")) if body.get("wasm") is not None else None
+        body.pop("wasm", None)
+        if wasm is None and require_wasm:
+            raise InvalidRequest("wasm is required: the module's bytes in base64")
+        return wasm, body
+
+    @app.route("/api/v1/agents", methods=["POST"])
+    async def deploy(self, request: Any) -> bytes:
+        wasm, spec = self._deploy_parts(request, require_wasm=True)
+        name = spec.pop("name", None)
+        cell = await self._agents.deploy(name, wasm, spec)
+        request.setHeader("location", f"/api/v1/agents/{cell.name}")
+        return self._json(request, cell.view(self._agents.node_id), 201)
+
+    @app.route("/api/v1/agents", methods=["GET"])
+    def list_agents(self, request: Any) -> bytes:
+        capability = _arg(request, "capability")
+        status = _arg(request, "status")
+        node = _arg(request, "node")
+        cursor = _arg(request, "cursor")
+        limit = _int_arg(request, "limit", 100, 1, 1000)
+        node_id = self._agents.node_id
+        views = []
+        more = False
+        for cell in self._agents:
+            if node is not None and node != node_id:
+                break
+            if cursor is not None and cell.name <= cursor:
+                continue
+            if capability is not None and capability not in cell.spec.capabilities:
+                continue
+            if status is not None and cell.status != status:
+                continue
+            if len(views) == limit:
+                more = True
+                break
+            views.append(cell.view(node_id))
+        next_cursor = views[-1]["name"] if more and views else None
+        return self._json(request, {"agents": views, "next_cursor": next_cursor})
+
+    def _cell(self, name: str) -> Any:
+        cell = self._agents.get(name)
+        if cell is None:
+            raise AgentNotFound(f"no agent named {name!r}")
+        return cell
+
+    @app.route("/api/v1/agents/<name>", methods=["GET"])
+    def show_agent(self, request: Any, name: str) -> bytes:
+        return self._json(request, self._cell(name).view(self._agents.node_id))
+
+    @app.route("/api/v1/agents/<name>", methods=["PUT"])
+    async def update_agent(self, request: Any, name: str) -> bytes:
+        cell = self._cell(name)
+        wasm, given = self._deploy_parts(request, require_wasm=False)
+        given.pop("name", None)
+        spec = None
+        if given:
+            spec = dict(cell.spec.document)
+            spec.update(given)
+        if wasm is None and spec is None:
+            raise InvalidRequest("an update needs a new module ('wasm') or spec fields")
+        cell = await self._agents.update(name, wasm, spec)
+        return self._json(request, cell.view(self._agents.node_id))
+
+    @app.route("/api/v1/agents/<name>", methods=["DELETE"])
+    async def remove_agent(self, request: Any, name: str) -> bytes:
+        await self._agents.remove(name)
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/api/v1/agents/<name>/stop", methods=["POST"])
+    async def stop_agent(self, request: Any, name: str) -> bytes:
+        cell = await self._agents.stop(name)
+        return self._json(request, cell.view(self._agents.node_id))
+
+    @app.route("/api/v1/agents/<name>/start", methods=["POST"])
+    async def start_agent(self, request: Any, name: str) -> bytes:
+        cell = await self._agents.start(name)
+        return self._json(request, cell.view(self._agents.node_id))
+
+    @app.route("/api/v1/agents/<name>/invoke", methods=["POST"])
+    async def invoke(self, request: Any, name: str) -> bytes:
+        """
+        Send a C{request} and answer with the reply, or the node's
+        C{failure} C{TIMEOUT} once the timeout passes.
+        """
+        self._cell(name)
+        body = self._body(request, InvalidMessage)
+        if not isinstance(body, dict):
+            raise InvalidMessage("the request body must be a JSON object")
+        timeout = body.pop("timeout", None)
+        try:
+            seconds = parse_duration(timeout) if timeout is not None else self._invoke_timeout
+        except ValueError as e:
+            raise InvalidRequest(f"timeout: {e}")
+        body.setdefault("performative", "request")
+        body.setdefault("protocol", "fipa-request")
+        body.setdefault("sender", f"{CLIENT_PREFIX}invoke-{new_id()[:12]}")
+        body["receiver"] = name
+        body["reply_with"] = new_id()
+        body["reply_by"] = (
+            datetime.now(timezone.utc) + timedelta(seconds=seconds)
+        ).isoformat()
+        message = parse_message(body)
+        conversation_id = message.conversation_id or new_id()
+        message = message.evolve(conversation_id=conversation_id)
+        reply = self._router.expect_reply(message.sender, conversation_id)
+        accepted = self._router.send(message)
+        # The node answers TIMEOUT at reply_by; the extra second only
+        # guards against a reply that can never come.
+        replied, answer = await self._wait(reply, seconds + 1.0, request)
+        if not replied:
+            raise CaxtonError("no reply and no timeout from the node")
+        return self._json(
+            request,
+            {
+                "message_id": accepted.message_id,
+                "conversation_id": conversation_id,
+                "reply": message_to_dict(answer),
+            },
+        )
+
+    # Messages and conversations -------------------------------------------------------
+
+    @app.route("/api/v1/messages", methods=["POST"])
+    def send_message(self, request: Any) -> bytes:
+        message = parse_message(self._body(request, InvalidMessage))
+        accepted = self._router.send(message)
+        return self._json(
+            request,
+            {"message_id": accepted.message_id, "conversation_id": accepted.conversation_id},
+            202,
+        )
+
+    @app.route("/api/v1/conversations", methods=["GET"])
+    async def list_conversations(self, request: Any) -> bytes:
+        limit = _int_arg(request, "limit", 100, 1, 1000)
+        before_raw = _arg(request, "before")
+        try:
+            before = float(before_raw) if before_raw is not None else None
+        except ValueError:
+            raise InvalidRequest("before must be a Unix time")
+        participant = _arg(request, "participant")
+        records = await self._store.list_conversations(limit, before, participant)
+        items = [_conversation(r) for r in records]
+        next_before = items[-1]["updated_at"] if len(items) == limit else None
+        return self._json(request, {"conversations": items, "next_before": next_before})
+
+    @app.route("/api/v1/conversations/<conversation_id>", methods=["GET"])
+    async def show_conversation(self, request: Any, conversation_id: str) -> bytes:
+        after = _int_arg(request, "after", 0)
+        limit = _int_arg(request, "limit", 1000, 1, 10_000)
+        wait = self._wait_arg(request)
+        waiter = self._router.wait_conversation(conversation_id) if wait else None
+        record, messages = await self._store.get_conversation(conversation_id, after, limit)
+        if waiter is not None:
+            if not messages and (await self._wait(waiter, wait, request))[0]:
+                record, messages = await self._store.get_conversation(conversation_id, after, limit)
+            else:
+                waiter.cancel()
+        if record is None:
+            raise ConversationNotFound(f"no conversation {conversation_id!r}")
+        return self._json(
+            request,
+            {
+                "conversation": _conversation(record),
+                "messages": [_stored(m) for m in messages],
+                "next_after": messages[-1].seq if messages else after,
+            },
+        )
+
+    @app.route("/api/v1/mailboxes/<client>", methods=["GET"])
+    async def mailbox(self, request: Any, client: str) -> bytes:
+        if not client.startswith(CLIENT_PREFIX):
+            raise InvalidRequest("mailboxes belong to client names such as 'client:alice'")
+        after = _int_arg(request, "after", 0)
+        limit = _int_arg(request, "limit", 1000, 1, 10_000)
+        wait = self._wait_arg(request)
+        waiter = self._router.wait_mailbox(client) if wait else None
+        messages = await self._store.read_mailbox(client, after, limit)
+        if waiter is not None:
+            if not messages and (await self._wait(waiter, wait, request))[0]:
+                messages = await self._store.read_mailbox(client, after, limit)
+            else:
+                waiter.cancel()
+        return self._json(
+            request,
+            {
+                "client": client,
+                "messages": [_stored(m) for m in messages],
+                "next_after": messages[-1].seq if messages else after,
+            },
+        )
+
+    @app.route("/api/v1/dead-letters", methods=["GET"])
+    async def dead_letters(self, request: Any) -> bytes:
+        limit = _int_arg(request, "limit", 100, 1, 1000)
+        before = _int_arg(request, "before", None, 1)
+        letters = await self._store.list_dead_letters(limit, before)
+        items = [
+            {
+                "seq": d.seq,
+                "message_id": d.message_id,
+                "conversation_id": d.conversation_id,
+                "sender": d.sender,
+                "receiver": d.receiver,
+                "reason": d.reason,
+                "detail": d.detail,
+                "message": d.message,
+                "recorded_at": d.recorded_at,
+            }
+            for d in letters
+        ]
+        next_before = items[-1]["seq"] if len(items) == limit else None
+        return self._json(request, {"dead_letters": items, "next_before": next_before})
+
+
+def _conversation(record: Any) -> Dict[str, Any]:
+    return {
+        "conversation_id": record.conversation_id,
+        "protocol": record.protocol,
+        "initiator": record.initiator,
+        "participants": list(record.participants),
+        "state": record.state,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "message_count": record.message_count,
+    }

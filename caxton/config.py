@@ -1,0 +1,291 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The node's configuration: YAML file, C{CAXTON_*} environment, options.
+
+Every key is declared once in L{KEYS}, with its parser and default.  The
+same table reads the YAML file, the environment (C{agents.wall_clock} is
+C{CAXTON_AGENTS_WALL_CLOCK}) and the command line, and a bad value anywhere
+becomes one L{ConfigError} naming the key and what is wrong.  Precedence:
+option > environment > file > default (SPEC 2).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import attr
+import yaml
+
+
+class ConfigError(Exception):
+    """
+    A configuration value is wrong; C{str()} is the one line to show.
+    """
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kib|kb|mib|mb|gib|gb)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    None: 1,
+    "b": 1,
+    "kb": 1000,
+    "kib": 1024,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+
+
+def parse_duration(value: Any) -> float:
+    """
+    C{200ms}, C{1s}, C{5m}, C{2h}, C{7d} (or a bare number of seconds) in
+    seconds.
+    """
+    if isinstance(value, bool):
+        raise ValueError("is not a duration (write 200ms, 1s, 5m)")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if match is None:
+            raise ValueError(f"{value!r} is not a duration (write 200ms, 1s, 5m)")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("must be longer than zero")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """
+    C{256KiB}, C{16MiB}, C{1GB} (or a bare number of bytes) in bytes.
+    """
+    if isinstance(value, bool):
+        raise ValueError("is not a size (write 256KiB, 16MiB)")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.match(str(value))
+        if match is None:
+            raise ValueError(f"{value!r} is not a size (write 256KiB, 16MiB)")
+        unit = match.group(2).lower() if match.group(2) else None
+        size = int(match.group(1)) * _SIZE_UNITS[unit]
+    if size <= 0:
+        raise ValueError("must be larger than zero")
+    return size
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number")
+    try:
+        number = int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        raise ValueError(f"{value!r} is not a whole number")
+    if number <= 0:
+        raise ValueError("must be at least 1")
+    return number
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value) == "":
+        raise ValueError("must be a non-empty string")
+    return str(value)
+
+
+def _node_id(value: Any) -> str:
+    text = _string(value)
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", text):
+        raise ValueError(f"{text!r} is not a node id (letters, digits, '.', '_', '-')")
+    return text
+
+
+def _endpoints(value: Any) -> Tuple[str, ...]:
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, list):
+        items = [_string(v) for v in value]
+    else:
+        raise ValueError("must be an endpoint string or a list of them")
+    if not items:
+        raise ValueError("needs at least one endpoint")
+    return tuple(items)
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Key:
+    """
+    One configuration key.
+
+    @ivar path: dotted path in the YAML file (C{agents.wall_clock}).
+    @ivar parse: turns a raw value into the typed one or raises ValueError.
+    @ivar default: the typed default, or a callable returning it.
+    """
+
+    path: str
+    parse: Callable[[Any], Any]
+    default: Any
+
+    @property
+    def env(self) -> str:
+        """
+        The environment variable that sets this key.
+        """
+        return "CAXTON_" + self.path.replace(".", "_").upper()
+
+
+KEYS: Tuple[Key, ...] = (
+    Key("node_id", _node_id, lambda: _node_id(socket.gethostname().split(".")[0] or "caxton")),
+    Key("data_dir", _string, "./caxton-data"),
+    Key("api", _endpoints, ("tcp:8080:interface=127.0.0.1",)),
+    Key("shutdown_grace", parse_duration, 10.0),
+    Key("http.max_body", parse_size, 32 * 1024**2),
+    Key("http.timeout", parse_duration, 60.0),
+    Key("http.invoke_timeout", parse_duration, 30.0),
+    Key("http.max_wait", parse_duration, 60.0),
+    Key("agents.memory", parse_size, 16 * 1024**2),
+    Key("agents.fuel", _positive_int, 1_000_000_000),
+    Key("agents.wall_clock", parse_duration, 1.0),
+    Key("agents.max_message", parse_size, 256 * 1024),
+    Key("agents.max_sends", _positive_int, 1000),
+    Key("agents.max_traps", _positive_int, 5),
+    Key("agents.trap_window", parse_duration, 60.0),
+    Key("agents.workers", _positive_int, 4),
+    Key("agents.max_queue", _positive_int, 10_000),
+    Key("conversations.max_messages", _positive_int, 1000),
+    Key("conversations.retention", parse_duration, 7 * 86400.0),
+    Key("dead_letters.max", _positive_int, 100_000),
+)
+
+_BY_PATH = {key.path: key for key in KEYS}
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class AgentDefaults:
+    """
+    The node's default limits for an agent (SPEC 3.2); a deploy may lower
+    or raise them per agent.
+    """
+
+    memory: int
+    fuel: int
+    wall_clock: float
+    max_message: int
+    max_sends: int
+    max_traps: int
+    trap_window: float
+    max_queue: int
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Config:
+    """
+    The whole, validated configuration of one node.
+    """
+
+    values: Mapping[str, Any]
+
+    def __getitem__(self, path: str) -> Any:
+        return self.values[path]
+
+    @property
+    def agent_defaults(self) -> AgentDefaults:
+        """
+        The C{agents.*} keys as one value.
+        """
+        v = self.values
+        return AgentDefaults(
+            memory=v["agents.memory"],
+            fuel=v["agents.fuel"],
+            wall_clock=v["agents.wall_clock"],
+            max_message=v["agents.max_message"],
+            max_sends=v["agents.max_sends"],
+            max_traps=v["agents.max_traps"],
+            trap_window=v["agents.trap_window"],
+            max_queue=v["agents.max_queue"],
+        )
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat: Dict[str, Any] = {}
+    for name, value in data.items():
+        path = f"{prefix}{name}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def read_file(path: str) -> Dict[str, Any]:
+    """
+    Read a YAML config file into a flat C{{dotted.path: raw value}} dict.
+
+    @raise ConfigError: when it cannot be read or is not a mapping.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror}")
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"config file {path}: not valid YAML{line}")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: must be a mapping of keys to values")
+    flat = _flatten(data)
+    for path_ in flat:
+        if path_ not in _BY_PATH:
+            raise ConfigError(f"config file {path}: unknown key {path_!r}")
+    return {k: v for k, v in flat.items() if v is not None}
+
+
+def load(
+    options: Mapping[str, Any],
+    environ: Optional[Mapping[str, str]] = None,
+    config_file: Optional[str] = None,
+) -> Config:
+    """
+    Build the configuration from every source.
+
+    @param options: values given on the command line, by dotted path; a
+        value of C{None} means not given.
+    @param environ: the environment (default C{os.environ}).
+    @param config_file: the YAML file to read, if any.
+    @raise ConfigError: naming the first bad key.
+    """
+    environ = os.environ if environ is None else environ
+    from_file = read_file(config_file) if config_file else {}
+    values: Dict[str, Any] = {}
+    for key in KEYS:
+        if options.get(key.path) is not None:
+            raw, source = options[key.path], "option"
+        elif key.env in environ:
+            raw, source = environ[key.env], key.env
+        elif key.path in from_file:
+            raw, source = from_file[key.path], "config file"
+        else:
+            default = key.default
+            values[key.path] = default() if callable(default) else default
+            continue
+        try:
+            values[key.path] = key.parse(raw)
+        except ValueError as e:
+            raise ConfigError(f"{key.path} (from {source}): {e}")
+    return Config(values)

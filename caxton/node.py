@@ -1,0 +1,86 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+Assembling a node from its configuration.
+
+The one place that knows every part: it builds the store, the wasm runtime
+and its workers, the agent manager, the router and the API, and puts them
+under one L{CaxtonService} in the order they start.  Constructors do no
+I/O, so building a node is cheap and safe in tests; the data directory is
+made when the store starts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.internet.endpoints import serverFromString
+
+from caxton.agents.executor import ThreadWorkers
+from caxton.agents.manager import AgentManager
+from caxton.agents.runtime import WasmRuntime
+from caxton.api.app import CaxtonAPI
+from caxton.api.site import make_site
+from caxton.config import Config
+from caxton.router.router import Router
+from caxton.service import CaxtonService, RuntimeService, StoreService, data_paths
+from caxton.store.sqlite import SQLiteStore
+
+#: How often retention runs over conversations, mailboxes and dead letters.
+RETENTION_INTERVAL = 3600.0
+
+
+class _DataDirStore(SQLiteStore):
+    """
+    A store that makes its data directory when it opens.
+    """
+
+    def open(self) -> Any:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        return super().open()
+
+
+def build_node(config: Config, reactor: Any) -> CaxtonService:
+    """
+    Build one node's service tree from C{config}.
+    """
+    paths = data_paths(config["data_dir"])
+    store = _DataDirStore(
+        paths["database"],
+        reactor,
+        max_messages_per_conversation=config["conversations.max_messages"],
+        retention_seconds=config["conversations.retention"],
+        max_dead_letters=config["dead_letters.max"],
+    )
+    runtime = WasmRuntime(cache_dir=paths["compiled"])
+    workers = ThreadWorkers(reactor, config["agents.workers"])
+    agents = AgentManager(
+        reactor, runtime, workers, store, config.agent_defaults, config["node_id"]
+    )
+    router = Router(reactor, agents, store)
+    root = CaxtonService(router, config["shutdown_grace"])
+    api = CaxtonAPI(
+        reactor,
+        agents,
+        router,
+        store,
+        invoke_timeout=config["http.invoke_timeout"],
+        max_wait=config["http.max_wait"],
+        ready=lambda: root.ready,
+    )
+    site = make_site(api.resource(), config["http.max_body"], config["http.timeout"])
+
+    StoreService(store).setServiceParent(root)
+    RuntimeService(runtime, workers).setServiceParent(root)
+    agents.setServiceParent(root)
+    retention = TimerService(RETENTION_INTERVAL, lambda: store.expire(reactor.seconds()))
+    retention.setName("retention")
+    retention.clock = reactor
+    retention.setServiceParent(root)
+    for i, description in enumerate(config["api"]):
+        listener = StreamServerEndpointService(serverFromString(reactor, description), site)
+        listener._raiseSynchronously = True
+        listener.setName(f"api-{i}")
+        listener.setServiceParent(root)
+    return root

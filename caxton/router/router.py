@@ -1,0 +1,412 @@
+# -*- test-case-name: tests.test_router -*-
+"""
+The router: where every message on the node goes through (SPEC 4).
+
+It accepts messages from API clients and from agents, gives them their ids,
+resolves receivers (names, a capability for one, a capability for all),
+keeps the interaction protocols honest through the
+L{ConversationTracker}, records conversations, and hands each copy to an
+agent's inbox or a client's mailbox.
+
+It keeps the delivery guarantee of SPEC 4.2: a message it accepted is
+delivered, or its sender receives a C{failure} naming the reason and a dead
+letter is recorded.  Messages the node itself sends (failures, timeouts,
+C{not-understood}, late C{reject-proposal}) come from the reserved name
+L{NODE}; when one of those cannot be delivered, only a dead letter is
+recorded, so failures never beget failures.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter, OrderedDict, defaultdict
+from typing import Any, DefaultDict, Dict, List, Optional, Tuple
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from caxton.acl.message import (
+    ACLMessage,
+    CapabilityReceiver,
+    InvalidMessage,
+    encode_message,
+    message_to_dict,
+    parse_message,
+)
+from caxton.acl.protocols import ConversationTracker
+from caxton.agents.manager import AgentManager, IMessageSink
+from caxton.errors import CaxtonError, NotAccepting
+from caxton.store.interfaces import ConversationRecord, IStateStore
+
+log = Logger()
+
+#: The name the node itself sends under.
+NODE = "caxton"
+
+#: Names that start with this are API clients, with a mailbox.
+CLIENT_PREFIX = "client:"
+
+#: Conversation summaries kept in memory for recording.
+_SUMMARIES = 10_000
+
+
+def new_id() -> str:
+    """
+    A fresh message or conversation id.
+    """
+    return uuid.uuid4().hex
+
+
+class _Waiters:
+    """
+    Deferreds waiting on a key, fired together.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: DefaultDict[Any, List[Deferred]] = defaultdict(list)
+
+    def wait(self, key: Any) -> Deferred:
+        def cancel(d: Deferred) -> None:
+            waiting = self._waiting.get(key)
+            if waiting and d in waiting:
+                waiting.remove(d)
+                if not waiting:
+                    del self._waiting[key]
+
+        d: Deferred = Deferred(cancel)
+        self._waiting[key].append(d)
+        return d
+
+    def fire(self, key: Any, value: Any = None) -> None:
+        waiting = self._waiting.pop(key, None)
+        for d in waiting or ():
+            d.callback(value)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._waiting
+
+
+@implementer(IMessageSink)
+class Router:
+    """
+    Routes messages between agents and API clients on this node.
+
+    @param reactor: provides C{seconds} and C{callLater}.
+    @param agents: the agents hosted here.
+    @param store: where conversations, mailboxes and dead letters go.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        agents: AgentManager,
+        store: IStateStore,
+        tracker: Optional[ConversationTracker] = None,
+    ) -> None:
+        self._reactor = reactor
+        self._agents = agents
+        self._store = store
+        self._tracker = tracker if tracker is not None else ConversationTracker()
+        self._summaries: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
+        self._deadline: Any = None
+        self._deadline_at: Optional[float] = None
+        self._conversation_waiters = _Waiters()
+        self._mailbox_waiters = _Waiters()
+        self._replies = _Waiters()
+        self.counters: Counter = Counter()
+        self.accepting = True
+        agents.sink = self
+
+    # Entry points -----------------------------------------------------------
+
+    def send(self, message: ACLMessage) -> ACLMessage:
+        """
+        Accept a message from an API client and route it.
+
+        @param message: its sender must be a client name (C{client:...}).
+        @return: the message as accepted, with its ids.
+        @raise InvalidMessage: for a sender that is not a client name.
+        @raise NotAccepting: while the node shuts down.
+        """
+        if not self.accepting:
+            raise NotAccepting("the node is shutting down")
+        if message.sender is None:
+            message = message.evolve(sender=CLIENT_PREFIX + "api")
+        elif not message.sender.startswith(CLIENT_PREFIX) or message.sender == CLIENT_PREFIX:
+            raise InvalidMessage(
+                f"API clients send as a client name such as 'client:alice', not {message.sender!r}"
+            )
+        if message.receiver is None:
+            raise InvalidMessage("receiver is required")
+        accepted = self._accept(message)
+        self._route(accepted)
+        return accepted
+
+    def agent_sent(self, agent: str, message: ACLMessage) -> None:
+        if message.receiver is None:
+            self.agent_refused(agent, "reply: the message being handled has no sender to reply to", None)
+            return
+        self._route(self._accept(message))
+
+    def agent_refused(self, agent: str, reason: str, handling: Optional[ACLMessage] = None) -> None:
+        self.counters["not_understood"] += 1
+        if handling is not None and handling.sender == NODE and handling.performative == "not-understood":
+            # Answering a not-understood about a malformed message with
+            # another malformed message: stop the ping-pong here.
+            log.warn("agent {agent} keeps sending malformed messages: {reason}", agent=agent, reason=reason)
+            return
+        self._route(
+            self._accept(
+                ACLMessage(
+                    performative="not-understood",
+                    sender=NODE,
+                    receiver=(agent,),
+                    conversation_id=handling.conversation_id if handling else None,
+                    content={"reason": "INVALID_MESSAGE", "message": reason},
+                )
+            )
+        )
+
+    def delivery_failed(self, message: ACLMessage, receiver: str, reason: str, detail: str) -> None:
+        self._fail(message, receiver, reason, detail)
+
+    def redeliver(self, name: str, body: Dict[str, Any]) -> None:
+        """
+        Queue again, under its own ids, a message that was accepted and
+        queued for agent C{name} before the node last stopped.
+        """
+        try:
+            message = parse_message(body)
+        except InvalidMessage as e:
+            log.warn("dropping unreadable kept message for {agent}: {error}", agent=name, error=str(e))
+            return
+        self._deliver(message, encode_message(message), name)
+
+    # Routing -----------------------------------------------------------------
+
+    def _accept(self, message: ACLMessage) -> ACLMessage:
+        return message.evolve(
+            message_id=new_id(),
+            conversation_id=message.conversation_id or new_id(),
+        )
+
+    def _resolve(self, message: ACLMessage) -> Tuple[Tuple[str, ...], Optional[str]]:
+        """
+        The receivers' names, and the capability asked for when none offers it.
+        """
+        receiver = message.receiver
+        if isinstance(receiver, CapabilityReceiver):
+            if receiver.all:
+                names = tuple(c.name for c in self._agents.offering(receiver.capability))
+            else:
+                chosen = self._agents.choose(receiver.capability)
+                names = (chosen.name,) if chosen is not None else ()
+            return names, (None if names else receiver.capability)
+        return receiver or (), None
+
+    def _route(self, message: ACLMessage) -> None:
+        self.counters["routed"] += 1
+        receivers, unmet = self._resolve(message)
+        if message.sender != NODE:
+            verdict = self._tracker.observe(message, receivers, self._reactor.seconds())
+            self._schedule_deadline()
+            if verdict.kind != "accept":
+                self._record(message, receivers)
+                self._protocol_refusal(message, verdict.kind, verdict.reason)
+                return
+        self._record(message, receivers)
+        if unmet is not None:
+            self._fail(
+                message,
+                f"capability:{unmet}",
+                "AGENT_NOT_FOUND",
+                f"no agent offers capability {unmet!r}",
+            )
+            return
+        raw = encode_message(message)
+        for name in receivers:
+            self._deliver(message, raw, name)
+
+    def _deliver(self, message: ACLMessage, raw: bytes, name: str) -> None:
+        if name == NODE:
+            # Answers to the node's own messages (an agent replying to a
+            # failure, say) end here: recorded in the conversation, and
+            # never bounced back, which could loop.
+            self.counters["to_node"] += 1
+            return
+        if name.startswith(CLIENT_PREFIX):
+            self._store.record_mailbox(name, message_to_dict(message))
+            self._mailbox_waiters.fire(name)
+            if message.performative != "agree":
+                self._replies.fire((name, message.conversation_id), message)
+            self.counters["delivered"] += 1
+            return
+        try:
+            self._agents.deliver(name, message, raw)
+        except CaxtonError as e:
+            self._fail(message, name, e.code, str(e))
+        else:
+            self.counters["delivered"] += 1
+
+    def _record(self, message: ACLMessage, receivers: Tuple[str, ...]) -> None:
+        conversation_id = message.conversation_id
+        assert conversation_id is not None
+        now = self._reactor.seconds()
+        summary = self._summaries.get(conversation_id)
+        if summary is None:
+            summary = {
+                "protocol": message.protocol,
+                "initiator": message.sender,
+                "participants": set(),
+                "created_at": now,
+            }
+            if len(self._summaries) >= _SUMMARIES:
+                self._summaries.popitem(last=False)
+            self._summaries[conversation_id] = summary
+        else:
+            self._summaries.move_to_end(conversation_id)
+        participants = summary["participants"]
+        if message.sender is not None:
+            participants.add(message.sender)
+        participants.update(receivers)
+        state = self._tracker.state(conversation_id) or "open"
+        record = ConversationRecord(
+            conversation_id=conversation_id,
+            protocol=summary["protocol"],
+            initiator=summary["initiator"],
+            participants=tuple(sorted(participants)),
+            state=state,
+            created_at=summary["created_at"],
+            updated_at=now,
+            message_count=0,
+        )
+        self._store.record_message(record, message_to_dict(message))
+        self._conversation_waiters.fire(conversation_id)
+
+    def _fail(self, message: ACLMessage, receiver: str, reason: str, detail: str) -> None:
+        self.counters["failed:" + reason] += 1
+        self._store.record_dead_letter(message_to_dict(message), receiver, reason, detail)
+        log.info(
+            "message {message_id} to {receiver} failed: {reason} ({detail})",
+            message_id=message.message_id,
+            receiver=receiver,
+            reason=reason,
+            detail=detail,
+        )
+        if message.sender is None or message.sender == NODE:
+            return
+        self._route(
+            self._accept(
+                ACLMessage(
+                    performative="failure",
+                    sender=NODE,
+                    receiver=(message.sender,),
+                    conversation_id=message.conversation_id,
+                    protocol=message.protocol,
+                    in_reply_to=message.reply_with,
+                    content={
+                        "reason": reason,
+                        "message": detail,
+                        "message_id": message.message_id,
+                        "receiver": receiver,
+                    },
+                )
+            )
+        )
+
+    def _protocol_refusal(self, message: ACLMessage, kind: str, reason: str) -> None:
+        late = kind == "late"
+        code = "LATE" if late else "PROTOCOL_VIOLATION"
+        self.counters["failed:" + code] += 1
+        self._store.record_dead_letter(
+            message_to_dict(message), ",".join(message.receiver_names()), code, reason
+        )
+        self._route(
+            self._accept(
+                ACLMessage(
+                    performative="reject-proposal" if late else "not-understood",
+                    sender=NODE,
+                    receiver=(message.sender,) if message.sender else None,
+                    conversation_id=message.conversation_id,
+                    protocol=message.protocol,
+                    in_reply_to=message.reply_with,
+                    content={
+                        "reason": "late" if late else "PROTOCOL_VIOLATION",
+                        "message": reason,
+                        "message_id": message.message_id,
+                    },
+                )
+            )
+        )
+
+    # Protocol deadlines -------------------------------------------------------
+
+    def _schedule_deadline(self) -> None:
+        when = self._tracker.next_deadline()
+        if when == self._deadline_at:
+            return
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline, self._deadline_at = None, when
+        if when is not None:
+            delay = max(0.0, when - self._reactor.seconds())
+            self._deadline = self._reactor.callLater(delay, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._deadline, self._deadline_at = None, None
+        for timeout in self._tracker.expire(self._reactor.seconds()):
+            initiating = timeout.initiating
+            missing = list(timeout.missing)
+            self.counters["timeouts"] += 1
+            self._route(
+                self._accept(
+                    ACLMessage(
+                        performative="failure",
+                        sender=NODE,
+                        receiver=(timeout.initiator,),
+                        conversation_id=timeout.conversation_id,
+                        protocol=timeout.protocol,
+                        in_reply_to=initiating.reply_with,
+                        content={
+                            "reason": "TIMEOUT",
+                            "message": "reply_by passed without an answer from "
+                            + ", ".join(missing),
+                            "missing": missing,
+                            "message_id": initiating.message_id,
+                        },
+                    )
+                )
+            )
+        self._schedule_deadline()
+
+    # Waiting, for the API --------------------------------------------------------
+
+    def wait_conversation(self, conversation_id: str) -> Deferred:
+        """
+        Fires when the next message is recorded in C{conversation_id}.
+        """
+        return self._conversation_waiters.wait(conversation_id)
+
+    def wait_mailbox(self, client: str) -> Deferred:
+        """
+        Fires when the next message reaches C{client}'s mailbox.
+        """
+        return self._mailbox_waiters.wait(client)
+
+    def expect_reply(self, client: str, conversation_id: str) -> Deferred:
+        """
+        Fires with the first message other than C{agree} that reaches
+        C{client} in C{conversation_id}; for C{invoke}.
+        """
+        return self._replies.wait((client, conversation_id))
+
+    def stop(self) -> None:
+        """
+        Take no more messages from clients and drop the deadline timer.
+        """
+        self.accepting = False
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline, self._deadline_at = None, None
+

@@ -1,0 +1,193 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+The root service of a node, and the order things start and stop in.
+
+L{CaxtonService} is one C{MultiService} with named children:
+
+  - C{store}: the SQLite state (L{StoreService});
+  - C{runtime}: the wasmtime engine's epoch ticker and the agent workers
+    (L{RuntimeService});
+  - C{agents}: the hosted agents (L{caxton.agents.manager.AgentManager});
+  - C{api}: one listener per C{--api} endpoint.
+
+Starting is ordered and asynchronous (the store must be open before the
+agents come back, and they before the API listens), so the root starts its
+children itself, in that order, and L{CaxtonService.whenReady} fires when
+all are up.  Stopping runs the other way and is graceful (SPEC 2): stop
+listening, stop taking messages, let running handlers finish within the
+grace period, persist what is still queued, close the store.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, List, Optional
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from caxton.acl.message import encode_message
+from caxton.agents.executor import IWorkers
+from caxton.agents.manager import AgentManager
+from caxton.agents.runtime import WasmRuntime
+from caxton.router.router import Router
+from caxton.store.interfaces import IStateStore
+
+log = Logger()
+
+
+class StoreService(Service):
+    """
+    Opens the node's store on start and closes it on stop.
+    """
+
+    name = "store"
+
+    def __init__(self, store: IStateStore) -> None:
+        self.store = store
+
+    async def open(self) -> None:
+        """
+        Open the store (and create or migrate its schema).
+        """
+        await self.store.open()
+
+    async def close(self) -> None:
+        """
+        Flush and close the store.
+        """
+        await self.store.close()
+
+
+class RuntimeService(Service):
+    """
+    Runs the epoch ticker and the worker threads agents run on.
+    """
+
+    name = "runtime"
+
+    def __init__(self, runtime: WasmRuntime, workers: IWorkers) -> None:
+        self.runtime = runtime
+        self.workers = workers
+
+    async def open(self) -> None:
+        """
+        Start the epoch ticker and the workers.
+        """
+        self.runtime.start()
+        self.workers.start()
+
+    async def close(self) -> None:
+        """
+        Let the workers finish and stop them, then the ticker.
+        """
+        await self.workers.stop()
+        self.runtime.stop()
+
+
+class CaxtonService(MultiService):
+    """
+    One Caxton node.
+
+    @param router: the node's router, stopped before the agents drain.
+    @param grace: seconds running handlers get to finish at shutdown.
+    """
+
+    def __init__(self, router: Router, grace: float) -> None:
+        super().__init__()
+        self.router = router
+        self.grace = grace
+        self.ready = False
+        self._started: Optional[Deferred] = None
+
+    def _child(self, name: str) -> Any:
+        return self.getServiceNamed(name)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._started = Deferred.fromCoroutine(self._start())
+        self._started.addErrback(self._start_failed)
+
+    async def _start(self) -> None:
+        for child in self:
+            child.startService()
+            if isinstance(child, (StoreService, RuntimeService)):
+                await child.open()
+            if isinstance(child, AgentManager):
+                await child.load()
+                await self._redeliver(child)
+        self.ready = True
+        log.info("caxton node ready")
+
+    async def _redeliver(self, agents: AgentManager) -> None:
+        """
+        Hand back the messages that were still queued at the last shutdown.
+        """
+        store = self._child("store").store
+        waiting = await store.take_pending()
+        for name, message in waiting:
+            self.router.redeliver(name, message)
+        if waiting:
+            log.info("redelivered {count} queued messages", count=len(waiting))
+
+    def _start_failed(self, failure: Any) -> None:
+        log.failure("caxton node failed to start", failure)
+        from twisted.internet import reactor
+
+        if reactor.running:
+            reactor.stop()
+
+    def whenReady(self) -> Deferred:
+        """
+        Fires when the node has started (or failed to).
+        """
+        if self._started is None:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._started.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        log.info("caxton node stopping")
+        self.ready = False
+        children: List[IService] = list(self)
+        api = [c for c in children if c.name and c.name.startswith("api")]
+        for listener in api:
+            if listener.running:
+                await listener.stopService()
+        self.router.stop()
+        agents = self._child("agents")
+        store = self._child("store").store
+        left = await agents.drain(self.grace)
+        if left:
+            store.save_pending([(name, encode_message(m)) for name, m in left])
+            log.info("kept {count} queued messages for the next start", count=len(left))
+        for child in reversed(children):
+            if child in api:
+                continue
+            if isinstance(child, (StoreService, RuntimeService)):
+                await child.close()
+            if child.running:
+                await Deferred.fromCoroutine(_maybe(child.stopService()))
+        log.info("caxton node stopped")
+
+
+async def _maybe(result: Any) -> Any:
+    if isinstance(result, Deferred):
+        return await result
+    return result
+
+
+def data_paths(data_dir: str) -> dict:
+    """
+    Where a node keeps things inside its data directory.
+    """
+    return {
+        "database": os.path.join(data_dir, "caxton.sqlite3"),
+        "compiled": os.path.join(data_dir, "compiled"),
+    }

@@ -1,0 +1,75 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd caxton}: the command-line options and the node they build.
+
+L{makeService} reads the configuration (options > environment > file >
+defaults), then assembles one node: store, wasm runtime and workers, agent
+manager, router and API listeners, under one L{CaxtonService}.  It does no
+I/O itself: directories, files, threads and sockets are opened when the
+service starts.  A bad value ends start-up with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Dict, List
+
+from twisted.python import usage
+
+from caxton import __version__
+from caxton.config import Config, ConfigError, load
+
+
+class Options(usage.Options):
+    """
+    Options for C{twistd caxton}; each one sets the config key of its name.
+    """
+
+    optParameters = [
+        ["config", "c", None, "YAML configuration file (see etc/caxton.yaml)."],
+        ["node-id", None, None, "This node's id (default: the host name)."],
+        ["data-dir", "d", None, "Where the node keeps its state (default ./caxton-data)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["api"]: List[str] = []
+
+    def opt_api(self, endpoint: str) -> None:
+        """
+        A Twisted server endpoint string for the REST API, e.g.
+        tcp:8080:interface=0.0.0.0 (repeatable; default
+        tcp:8080:interface=127.0.0.1).
+        """
+        self["api"].append(endpoint)
+
+    def opt_version(self) -> None:
+        """
+        Print the version and exit.
+        """
+        print(f"caxton {__version__}")
+        sys.exit(0)
+
+    def postOptions(self) -> None:
+        given: Dict[str, Any] = {
+            "node_id": self["node-id"],
+            "data_dir": self["data-dir"],
+            "api": list(self["api"]) or None,
+        }
+        try:
+            self.config: Config = load(given, os.environ, self["config"])
+        except ConfigError as e:
+            # One line, no usage text and no traceback (SPEC 2).
+            raise SystemExit(f"caxton: configuration error: {e}")
+
+
+def makeService(options: Options) -> Any:
+    """
+    Build a node from parsed L{Options}.
+    """
+    from twisted.internet import reactor
+
+    from caxton.node import build_node
+
+    return build_node(options.config, reactor)

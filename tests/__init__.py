@@ -1,0 +1,3 @@
+"""
+Caxton's tests.
+"""

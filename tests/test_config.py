@@ -1,0 +1,140 @@
+"""
+Tests for L{caxton.config}: sources, precedence and one-line errors.
+"""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from caxton.config import KEYS, ConfigError, load, parse_duration, parse_size
+
+
+class ParseTests(SynchronousTestCase):
+    """
+    Durations and sizes read as the SPEC writes them.
+    """
+
+    def test_durations(self) -> None:
+        """
+        C{200ms}, C{1s}, C{5m}, C{2h}, C{7d} and bare seconds are understood.
+        """
+        self.assertEqual(parse_duration("200ms"), 0.2)
+        self.assertEqual(parse_duration("1s"), 1.0)
+        self.assertEqual(parse_duration("5m"), 300.0)
+        self.assertEqual(parse_duration("2h"), 7200.0)
+        self.assertEqual(parse_duration("7d"), 7 * 86400.0)
+        self.assertEqual(parse_duration(3), 3.0)
+
+    def test_bad_durations(self) -> None:
+        """
+        Garbage, zero and booleans are refused with a hint.
+        """
+        for bad in ("5x", "", "0s", True, "-1s"):
+            with self.assertRaises(ValueError):
+                parse_duration(bad)
+
+    def test_sizes(self) -> None:
+        """
+        Binary and decimal units, and bare bytes.
+        """
+        self.assertEqual(parse_size("256KiB"), 256 * 1024)
+        self.assertEqual(parse_size("16MiB"), 16 * 1024 * 1024)
+        self.assertEqual(parse_size("1GB"), 10**9)
+        self.assertEqual(parse_size(512), 512)
+        for bad in ("12 apples", "0", False):
+            with self.assertRaises(ValueError):
+                parse_size(bad)
+
+
+class LoadTests(SynchronousTestCase):
+    """
+    L{load} merges option > environment > file > default.
+    """
+
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_defaults(self) -> None:
+        """
+        With nothing given, every key has its documented default.
+        """
+        config = load({}, {}, None)
+        self.assertEqual(config["data_dir"], "./caxton-data")
+        self.assertEqual(config["api"], ("tcp:8080:interface=127.0.0.1",))
+        self.assertEqual(config["agents.memory"], 16 * 1024 * 1024)
+        self.assertEqual(config["agents.wall_clock"], 1.0)
+        self.assertEqual(config["agents.max_message"], 256 * 1024)
+        self.assertEqual(set(config.values), {k.path for k in KEYS})
+
+    def test_precedence(self) -> None:
+        """
+        An option beats the environment, which beats the file.
+        """
+        path = self.write("agents:\n  wall_clock: 3s\n  memory: 8MiB\nnode_id: from-file\n")
+        env = {"CAXTON_AGENTS_WALL_CLOCK": "2s", "CAXTON_NODE_ID": "from-env"}
+        config = load({"node_id": "from-option"}, env, path)
+        self.assertEqual(config["node_id"], "from-option")
+        self.assertEqual(config["agents.wall_clock"], 2.0)
+        self.assertEqual(config["agents.memory"], 8 * 1024 * 1024)
+
+    def test_environment_list(self) -> None:
+        """
+        A list key takes a comma-separated environment value.
+        """
+        config = load({}, {"CAXTON_API": "tcp:1:interface=127.0.0.1, tcp:2"}, None)
+        self.assertEqual(config["api"], ("tcp:1:interface=127.0.0.1", "tcp:2"))
+
+    def test_bad_value_names_key_and_source(self) -> None:
+        """
+        A bad value gives one line naming the key, the source and the fault.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            load({}, {"CAXTON_AGENTS_WALL_CLOCK": "soon"}, None)
+        text = str(caught.exception)
+        self.assertIn("agents.wall_clock", text)
+        self.assertIn("CAXTON_AGENTS_WALL_CLOCK", text)
+        self.assertIn("'soon' is not a duration", text)
+        self.assertNotIn("\n", text)
+
+    def test_unknown_key_in_file(self) -> None:
+        """
+        A misspelt key in the file is refused rather than ignored.
+        """
+        path = self.write("agents:\n  wallclock: 1s\n")
+        with self.assertRaises(ConfigError) as caught:
+            load({}, {}, path)
+        self.assertIn("unknown key 'agents.wallclock'", str(caught.exception))
+
+    def test_bad_yaml(self) -> None:
+        """
+        A file that is not YAML says so with its line.
+        """
+        path = self.write("agents: [\n")
+        with self.assertRaises(ConfigError) as caught:
+            load({}, {}, path)
+        self.assertIn("not valid YAML", str(caught.exception))
+
+    def test_missing_file(self) -> None:
+        """
+        A config file that does not exist is named.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            load({}, {}, "/nonexistent/caxton.yaml")
+        self.assertIn("/nonexistent/caxton.yaml", str(caught.exception))
+
+    def test_shipped_example_is_complete(self) -> None:
+        """
+        etc/caxton.yaml sets every key, and loads.
+        """
+        import os
+
+        import yaml
+
+        from caxton.config import _flatten
+
+        path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "etc", "caxton.yaml")
+        with open(path) as f:
+            keys = set(_flatten(yaml.safe_load(f)))
+        self.assertEqual(keys, {k.path for k in KEYS})
+        load({}, {}, path)
