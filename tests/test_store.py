@@ -18,13 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore
-from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from caxton.store import sqlite as sqlitestore
+from caxton.testing import NonThreadPool, ThreadlessClock
 from caxton.store.interfaces import (
     AgentRecord,
     ConversationRecord,
@@ -45,60 +44,6 @@ _TABLES = {
     "dead_letters",
     "pending_messages",
 }
-
-
-class NonThreadPool:
-    """
-    A stand-in for L{twisted.python.threadpool.ThreadPool} that runs each
-    job at once on the calling thread, so tests need no real thread.
-    """
-
-    started = False
-
-    def start(self) -> None:
-        """
-        Do nothing but remember it.
-        """
-        self.started = True
-
-    def stop(self) -> None:
-        """
-        Do nothing but remember it.
-        """
-        self.started = False
-
-    def callInThreadWithCallback(
-        self, onResult: Callable[[bool, Any], None], f: Callable[..., Any], *a: Any, **kw: Any
-    ) -> None:
-        """
-        Run C{f} now and report its outcome to C{onResult} as the real pool
-        would.
-        """
-        try:
-            result = f(*a, **kw)
-        except BaseException:
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
-
-    def callInThread(self, f: Callable[..., Any], *a: Any, **kw: Any) -> None:
-        """
-        Run C{f} now, ignoring its outcome.
-        """
-        self.callInThreadWithCallback(lambda ok, result: None, f, *a, **kw)
-
-
-class ThreadlessClock(Clock):
-    """
-    A L{Clock} whose C{callFromThread} calls at once, as
-    L{deferToThreadPool} needs.
-    """
-
-    def callFromThread(self, f: Callable[..., Any], *a: Any, **kw: Any) -> None:
-        """
-        Call C{f} now.
-        """
-        f(*a, **kw)
 
 
 @implementer(IReactorCore)

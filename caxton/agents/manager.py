@@ -36,7 +36,6 @@ from caxton.agents.runtime import (
     Limits,
     Outcome,
     WasmRuntime,
-    module_hash,
 )
 from caxton.config import AgentDefaults, parse_duration, parse_size
 from caxton.errors import (

@@ -49,19 +49,26 @@ ABI_VERSION = 1
 #: How often the epoch advances: the granularity of wall-clock limits.
 EPOCH_TICK = 0.01
 
-_I32 = wasmtime.ValType.i32()
-_I64 = wasmtime.ValType.i64()
-
-#: The imports a core module may use: module C{caxton}, exactly these.
+#: The imports a core module may use, all from module C{caxton}, by name:
+#: C{(parameter types, result types)}.  FuncTypes are made per engine
+#: (L{_func_type}): wasmtime ties a FuncType to the first engine that uses it.
 ABI_IMPORTS = {
-    "send": wasmtime.FuncType([_I32, _I32], [_I32]),
-    "reply": wasmtime.FuncType([_I32, _I32, _I32, _I32], [_I32]),
-    "log": wasmtime.FuncType([_I32, _I32, _I32], []),
-    "now_ms": wasmtime.FuncType([], [_I64]),
+    "send": (("i32", "i32"), ("i32",)),
+    "reply": (("i32", "i32", "i32", "i32"), ("i32",)),
+    "log": (("i32", "i32", "i32"), ()),
+    "now_ms": ((), ("i64",)),
 }
 
-_ALLOC_TYPE = ((_I32,), (_I32,))
-_HANDLE_TYPE = ((_I32, _I32), (_I32,))
+_ALLOC_TYPE = (("i32",), ("i32",))
+_HANDLE_TYPE = (("i32", "i32"), ("i32",))
+
+_VALTYPES = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64}
+
+
+def _func_type(signature: tuple) -> wasmtime.FuncType:
+    params, results = signature
+    return wasmtime.FuncType([_VALTYPES[t]() for t in params], [_VALTYPES[t]() for t in results])
+
 
 #: Longest log line an agent may write; the rest is cut.
 MAX_LOG_LINE = 4096
@@ -267,10 +274,6 @@ def _signature(ty: wasmtime.FuncType) -> tuple:
     )
 
 
-def _expected(sig: tuple) -> tuple:
-    return (tuple(str(t) for t in sig[0]), tuple(str(t) for t in sig[1]))
-
-
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class CompiledModule:
     """
@@ -314,8 +317,10 @@ class WasmRuntime:
         self._modules: dict[str, CompiledModule] = {}
         self._lock = threading.Lock()
         self._linker = wasmtime.Linker(self.engine)
-        for name, ty in ABI_IMPORTS.items():
-            _fastcall.define_host(self._linker, "caxton", name, ty, _HOST_FUNCTIONS[name], fast)
+        for name, signature in ABI_IMPORTS.items():
+            _fastcall.define_host(
+                self._linker, "caxton", name, _func_type(signature), _HOST_FUNCTIONS[name], fast
+            )
         self._ticker: Optional[threading.Thread] = None
         self._ticking = threading.Event()
 
@@ -462,9 +467,7 @@ def validate(module: wasmtime.Module) -> bool:
                 f"imports {where}, which is outside the agent ABI "
                 "(allowed: caxton.send, caxton.reply, caxton.log, caxton.now_ms)"
             )
-        if not isinstance(imp.type, wasmtime.FuncType) or _signature(imp.type) != _signature(
-            ABI_IMPORTS[imp.name]
-        ):
+        if not isinstance(imp.type, wasmtime.FuncType) or _signature(imp.type) != ABI_IMPORTS[imp.name]:
             raise InvalidWasm(f"imports {where} with the wrong type")
     exports = {e.name: e.type for e in module.exports}
     if not isinstance(exports.get("memory"), wasmtime.MemoryType):
@@ -479,7 +482,7 @@ def validate(module: wasmtime.Module) -> bool:
             if required:
                 raise InvalidWasm(f"does not export {name}")
             continue
-        if not isinstance(ty, wasmtime.FuncType) or _signature(ty) != _expected(sig):
+        if not isinstance(ty, wasmtime.FuncType) or _signature(ty) != sig:
             raise InvalidWasm(f"exports {name} with the wrong type")
     return "caxton_init" in exports
 

@@ -359,7 +359,12 @@ class CaxtonAPI:
 
     @app.route("/api/v1/conversations/<conversation_id>", methods=["GET"])
     async def show_conversation(self, request: Any, conversation_id: str) -> bytes:
-        after = _int_arg(request, "after", 0)
+        """
+        A conversation and its messages; C{after} (a C{seq}, or the
+        C{message_id} of one of its messages) skips what the client has
+        seen, and C{wait} long-polls until something newer arrives.
+        """
+        after = await self._after(request, conversation_id)
         limit = _int_arg(request, "limit", 1000, 1, 10_000)
         wait = self._wait_arg(request)
         waiter = self._router.wait_conversation(conversation_id) if wait else None
@@ -379,6 +384,16 @@ class CaxtonAPI:
                 "next_after": messages[-1].seq if messages else after,
             },
         )
+
+    async def _after(self, request: Any, conversation_id: str) -> int:
+        raw = _arg(request, "after")
+        if raw is None or raw.isdigit():
+            return _int_arg(request, "after", 0)
+        _, messages = await self._store.get_conversation(conversation_id, 0, 100_000)
+        for item in messages:
+            if item.message.get("message_id") == raw:
+                return item.seq
+        raise InvalidRequest(f"after: no message {raw!r} in conversation {conversation_id!r}")
 
     @app.route("/api/v1/mailboxes/<client>", methods=["GET"])
     async def mailbox(self, request: Any, client: str) -> bytes:
