@@ -365,9 +365,12 @@ class WasmRuntime:
     def _load_or_compile(self, wasm: bytes, digest: str) -> wasmtime.Module:
         path = self._artifact_path(digest)
         if path is not None and os.path.exists(path):
+            # Read, don't map: deserialize_file mmaps the artifact, and a
+            # file changed under the mapping would crash the process.
             try:
-                return wasmtime.Module.deserialize_file(self.engine, path)
-            except wasmtime.WasmtimeError:
+                with open(path, "rb") as f:
+                    return wasmtime.Module.deserialize(self.engine, f.read())
+            except (OSError, wasmtime.WasmtimeError):
                 log.warn("compiled artifact {path} is unusable; recompiling", path=path)
         try:
             module = wasmtime.Module(self.engine, wasm)

@@ -59,6 +59,14 @@ def _int_arg(request: Any, name: str, default: Optional[int], low: int = 0, high
     return value
 
 
+def _discard(waiter: Deferred) -> None:
+    """
+    Cancel a waiter nobody will await, without an unhandled error.
+    """
+    waiter.addErrback(lambda failure: failure.trap(CancelledError))
+    waiter.cancel()
+
+
 def _stored(item: StoredMessage) -> Dict[str, Any]:
     return {"seq": item.seq, "recorded_at": item.recorded_at, "message": item.message}
 
@@ -373,7 +381,7 @@ class CaxtonAPI:
             if not messages and (await self._wait(waiter, wait, request))[0]:
                 record, messages = await self._store.get_conversation(conversation_id, after, limit)
             else:
-                waiter.cancel()
+                _discard(waiter)
         if record is None:
             raise ConversationNotFound(f"no conversation {conversation_id!r}")
         return self._json(
@@ -408,7 +416,7 @@ class CaxtonAPI:
             if not messages and (await self._wait(waiter, wait, request))[0]:
                 messages = await self._store.read_mailbox(client, after, limit)
             else:
-                waiter.cancel()
+                _discard(waiter)
         return self._json(
             request,
             {
