@@ -59,7 +59,7 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
         reactor, runtime, workers, store, config.agent_defaults, config["node_id"]
     )
     router = Router(reactor, agents, store)
-    root = CaxtonService(router, config["shutdown_grace"])
+    root = CaxtonService(reactor, router, config["shutdown_grace"])
     api = CaxtonAPI(
         reactor,
         agents,

@@ -21,6 +21,7 @@ grace period, persist what is still queued, close the store.
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any, List, Optional
 
 from twisted.application.service import IService, MultiService, Service
@@ -90,12 +91,14 @@ class CaxtonService(MultiService):
     """
     One Caxton node.
 
+    @param reactor: the reactor the node runs on; stopped if start fails.
     @param router: the node's router, stopped before the agents drain.
     @param grace: seconds running handlers get to finish at shutdown.
     """
 
-    def __init__(self, router: Router, grace: float) -> None:
+    def __init__(self, reactor: Any, router: Router, grace: float) -> None:
         super().__init__()
+        self._reactor = reactor
         self.router = router
         self.grace = grace
         self.ready = False
@@ -133,10 +136,8 @@ class CaxtonService(MultiService):
 
     def _start_failed(self, failure: Any) -> None:
         log.failure("caxton node failed to start", failure)
-        from twisted.internet import reactor
-
-        if reactor.running:
-            reactor.stop()
+        if getattr(self._reactor, "running", False):
+            self._reactor.stop()
 
     def whenReady(self) -> Deferred:
         """
@@ -175,6 +176,20 @@ class CaxtonService(MultiService):
             if child.running:
                 await Deferred.fromCoroutine(_maybe(child.stopService()))
         log.info("caxton node stopped")
+        _forget_sigterm()
+
+
+def _forget_sigterm() -> None:
+    """
+    SPEC 2: a SIGTERM ends in a graceful stop and exit status 0.  C{twist}
+    and C{twistd} re-raise the signal that stopped the reactor once it has
+    stopped (so the status would be 143); the node has shut down cleanly by
+    now, so forget that signal.
+    """
+    from twisted.internet import reactor
+
+    if getattr(reactor, "_exitSignal", None) == signal.SIGTERM:
+        reactor._exitSignal = None
 
 
 async def _maybe(result: Any) -> Any:

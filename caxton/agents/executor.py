@@ -18,12 +18,10 @@ import threading
 from collections import deque
 from typing import Any, Callable, Deque, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred
-from twisted.logger import Logger
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
-
-log = Logger()
 
 _Job = Tuple[Callable[[], Any], Callable[[Any], None], Callable[[Failure], None]]
 
@@ -97,8 +95,6 @@ class ThreadWorkers:
             for thread in threads:
                 thread.join()
 
-        from twisted.internet.threads import deferToThreadPool
-
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), join)
 
 
@@ -116,8 +112,6 @@ class InlineWorkers:
 
     def stop(self) -> Deferred:
         self.pump()
-        from twisted.internet.defer import succeed
-
         return succeed(None)
 
     def schedule(self, work: Callable[[], Any], done: Callable[[Any], None], error: Callable[[Failure], None]) -> None:

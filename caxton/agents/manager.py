@@ -21,9 +21,9 @@ from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
 import attr
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
@@ -724,8 +724,6 @@ class AgentManager(Service):
                 cell.status = "draining"
         busy = [self.when_idle(c) for c in self._cells.values() if c.busy]
         if busy:
-            from twisted.internet.defer import DeferredList
-
             waiting = DeferredList(busy)
             timer = self._reactor.callLater(grace, waiting.cancel)
             try:
@@ -745,7 +743,5 @@ def _config_bytes(spec: AgentSpec) -> bytes:
     return json.dumps(spec.config, separators=(",", ":")).encode("utf-8")
 
 
-def _log_level(level: int) -> Any:
-    from twisted.logger import LogLevel
-
+def _log_level(level: int) -> LogLevel:
     return LogLevel.levelWithName(_LOG_LEVELS.get(level, "info"))
