@@ -26,7 +26,7 @@ class ConfigError(Exception):
     """
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"^\s*(\d+)\s*(b|kib|kb|mib|mb|gib|gb)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
@@ -54,7 +54,7 @@ def parse_duration(value: Any) -> float:
         match = _DURATION.match(str(value))
         if match is None:
             raise ValueError(f"{value!r} is not a duration (write 200ms, 1s, 5m)")
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
     if seconds <= 0:
         raise ValueError("must be longer than zero")
     return seconds
@@ -79,11 +79,14 @@ def parse_size(value: Any) -> int:
     return size
 
 
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("must be a whole number")
+def parse_count(value: Any) -> int:
+    """
+    A whole number of at least 1 (fuel, message counts, workers).
+    """
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValueError(f"{value!r} is not a whole number")
     try:
-        number = int(str(value).strip()) if not isinstance(value, int) else value
+        number = value if isinstance(value, int) else int(str(value).strip().replace("_", ""))
     except ValueError:
         raise ValueError(f"{value!r} is not a whole number")
     if number <= 0:
@@ -116,13 +119,13 @@ def _endpoints(value: Any) -> Tuple[str, ...]:
     return tuple(items)
 
 
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        if value not in choices:
-            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
-        return value
-
-    return parse
+def default_node_id(hostname: str) -> str:
+    """
+    A node id made from a host name: its first label, with anything a node
+    id may not hold replaced by C{-}; C{caxton} if nothing is left.
+    """
+    label = re.sub(r"[^A-Za-z0-9._-]", "-", hostname.split(".")[0]).strip("-._")[:63]
+    return label or "caxton"
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -148,7 +151,7 @@ class Key:
 
 
 KEYS: Tuple[Key, ...] = (
-    Key("node_id", _node_id, lambda: _node_id(socket.gethostname().split(".")[0] or "caxton")),
+    Key("node_id", _node_id, lambda: default_node_id(socket.gethostname())),
     Key("data_dir", _string, "./caxton-data"),
     Key("api", _endpoints, ("tcp:8080:interface=127.0.0.1",)),
     Key("shutdown_grace", parse_duration, 10.0),
@@ -157,17 +160,17 @@ KEYS: Tuple[Key, ...] = (
     Key("http.invoke_timeout", parse_duration, 30.0),
     Key("http.max_wait", parse_duration, 60.0),
     Key("agents.memory", parse_size, 16 * 1024**2),
-    Key("agents.fuel", _positive_int, 1_000_000_000),
+    Key("agents.fuel", parse_count, 1_000_000_000),
     Key("agents.wall_clock", parse_duration, 1.0),
     Key("agents.max_message", parse_size, 256 * 1024),
-    Key("agents.max_sends", _positive_int, 1000),
-    Key("agents.max_traps", _positive_int, 5),
+    Key("agents.max_sends", parse_count, 1000),
+    Key("agents.max_traps", parse_count, 5),
     Key("agents.trap_window", parse_duration, 60.0),
-    Key("agents.workers", _positive_int, 4),
-    Key("agents.max_queue", _positive_int, 10_000),
-    Key("conversations.max_messages", _positive_int, 1000),
+    Key("agents.workers", parse_count, 4),
+    Key("agents.max_queue", parse_count, 10_000),
+    Key("conversations.max_messages", parse_count, 1000),
     Key("conversations.retention", parse_duration, 7 * 86400.0),
-    Key("dead_letters.max", _positive_int, 100_000),
+    Key("dead_letters.max", parse_count, 100_000),
 )
 
 _BY_PATH = {key.path: key for key in KEYS}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from typing import Any, List, Optional
 
 from twisted.application.service import IService, MultiService, Service
@@ -107,6 +108,12 @@ class CaxtonService(MultiService):
     def _child(self, name: str) -> Any:
         return self.getServiceNamed(name)
 
+    def privilegedStartService(self) -> None:
+        # twistd starts listeners here, before startService, which would put
+        # the API up before the state is loaded.  The node binds nothing
+        # privileged of its own: everything starts in order in _start.
+        Service.privilegedStartService(self)
+
     def startService(self) -> None:
         Service.startService(self)
         self._started = Deferred.fromCoroutine(self._start())
@@ -135,8 +142,13 @@ class CaxtonService(MultiService):
             log.info("redelivered {count} queued messages", count=len(waiting))
 
     def _start_failed(self, failure: Any) -> None:
+        """
+        Log why the node could not start, stop the reactor, and exit with
+        status 1 once it has stopped (twistd and twist would exit 0).
+        """
         log.failure("caxton node failed to start", failure)
         if getattr(self._reactor, "running", False):
+            self._reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
             self._reactor.stop()
 
     def whenReady(self) -> Deferred:
@@ -176,20 +188,25 @@ class CaxtonService(MultiService):
             if child.running:
                 await Deferred.fromCoroutine(_maybe(child.stopService()))
         log.info("caxton node stopped")
-        _forget_sigterm()
+        _forget_sigterm(self._reactor)
 
 
-def _forget_sigterm() -> None:
+def _forget_sigterm(reactor: Any) -> None:
     """
     SPEC 2: a SIGTERM ends in a graceful stop and exit status 0.  C{twist}
     and C{twistd} re-raise the signal that stopped the reactor once it has
     stopped (so the status would be 143); the node has shut down cleanly by
-    now, so forget that signal.
+    now, so forget that signal.  C{_exitSignal} is private to Twisted: the
+    integration test of a SIGTERM restart checks the status stays 0.
     """
-    from twisted.internet import reactor
-
     if getattr(reactor, "_exitSignal", None) == signal.SIGTERM:
         reactor._exitSignal = None
+
+
+def _exit_failed() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 async def _maybe(result: Any) -> Any:

@@ -314,3 +314,29 @@ class MessageRouteTests(APITestCase):
         self.assertEqual((code, body["error"]["code"]), (404, "INVALID_REQUEST"))
         code, body = self.call("PATCH", "/api/v1/agents")
         self.assertEqual(code, 405)
+
+
+class InvokeRuleTests(APITestCase):
+    """
+    invoke only opens conversations the node can time out.
+    """
+
+    def test_invoke_refuses_untracked(self) -> None:
+        """
+        An invoke with a performative that opens no tracked protocol, or a
+        timeout past the longest wait, is refused rather than left hanging.
+        """
+        self.deploy_echo()
+        code, body = self.call("POST", "/api/v1/agents/echo/invoke", {"performative": "inform"})
+        self.assertEqual((code, body["error"]["code"]), (400, "INVALID_MESSAGE"))
+        code, body = self.call("POST", "/api/v1/agents/echo/invoke", {"timeout": "1h"})
+        self.assertEqual((code, body["error"]["code"]), (400, "INVALID_REQUEST"))
+
+    def test_invoke_query(self) -> None:
+        """
+        query-ref opens fipa-query and is answered like a request.
+        """
+        self.deploy_echo()
+        code, body = self.call("POST", "/api/v1/agents/echo/invoke", {"performative": "query-ref"})
+        self.assertEqual(code, 200)
+        self.assertEqual(body["reply"]["protocol"], "fipa-query")

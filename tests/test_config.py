@@ -138,3 +138,31 @@ class LoadTests(SynchronousTestCase):
             keys = set(_flatten(yaml.safe_load(f)))
         self.assertEqual(keys, {k.path for k in KEYS})
         load({}, {}, path)
+
+
+class DefaultsTests(SynchronousTestCase):
+    """
+    Defaults that come from the machine.
+    """
+
+    def test_node_id_from_hostname(self) -> None:
+        """
+        Any host name makes a valid node id.
+        """
+        from caxton.config import _node_id, default_node_id
+
+        for hostname, expected in (
+            ("web-1.example.com", "web-1"),
+            ("Büro PC", "B-ro-PC"),
+            ("", "caxton"),
+            ("...", "caxton"),
+        ):
+            self.assertEqual(default_node_id(hostname), expected)
+            _node_id(default_node_id(hostname))
+
+    def test_bare_numbers_are_seconds(self) -> None:
+        """
+        A duration without a unit is seconds, from any source.
+        """
+        config = load({}, {"CAXTON_SHUTDOWN_GRACE": "10"}, None)
+        self.assertEqual(config["shutdown_grace"], 10.0)

@@ -441,3 +441,115 @@ class LifecycleTests(RouterTestCase):
         self.assertIn("removed", failure["content"]["message"])
         self.assertIsNone(self.agents.get("echo"))
         self.assertEqual(self.successResultOf(self.node.store.load_agents()), [])
+
+
+class OneOutcomeTests(RouterTestCase):
+    """
+    A message ends in exactly one recorded outcome.
+    """
+
+    def test_failed_request_no_timeout(self) -> None:
+        """
+        A tracked request to an unknown agent fails once, with
+        AGENT_NOT_FOUND, and no TIMEOUT follows at its deadline.
+        """
+        self.send(
+            performative="request",
+            receiver=("ghost",),
+            protocol="fipa-request",
+            reply_by=datetime.fromtimestamp(self.node.clock.seconds() + 1, timezone.utc),
+        )
+        self.node.clock.advance(5)
+        self.assertEqual([m["content"]["reason"] for m in self.mailbox()], ["AGENT_NOT_FOUND"])
+
+
+BOOT = r"""
+(module
+  (import "caxton" "send" (func $send (param i32 i32) (result i32)))
+  (import "caxton" "log" (func $log (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "{\"performative\":\"inform\",\"receiver\":\"client:boot\",\"content\":\"up\"}")
+  (func (export "caxton_alloc") (param i32) (result i32) i32.const 4096)
+  (func (export "caxton_init") (param i32 i32) (result i32)
+    (drop (call $send (i32.const 16) (i32.const 65)))
+    i32.const 0)
+  (func (export "caxton_handle") (param i32 i32) (result i32) i32.const 0))
+"""
+
+
+class InitAndShutdownTests(RouterTestCase):
+    """
+    What init sends is delivered; shutdown keeps what has not started.
+    """
+
+    def test_init_sends_delivered(self) -> None:
+        """
+        A message an agent sends from caxton_init is delivered, at deploy
+        and again (once) when an update starts the new version.
+        """
+        import wasmtime
+
+        self.deploy("boot", wasmtime.wat2wasm(BOOT))
+        self.assertEqual([m["content"] for m in self.mailbox("client:boot")], ["up"])
+        d = Deferred.fromCoroutine(self.agents.update("boot", None, {"capabilities": ["x"]}))
+        self.node.pump()
+        self.successResultOf(d)
+        self.send(performative="inform", receiver=("boot",))
+        self.assertEqual(len(self.mailbox("client:boot")), 2)
+
+    def test_drain_keeps_unstarted(self) -> None:
+        """
+        Messages queued when the node drains are handed back, in order,
+        rather than run or lost.
+        """
+        self.deploy("echo", echo())
+        for i in range(3):
+            self.router.send(ACLMessage("request", sender="client:alice", receiver=("echo",), content=i))
+        drained = Deferred.fromCoroutine(self.agents.drain(10))
+        self.assertNoResult(drained)
+        self.node.pump()
+        left = self.successResultOf(drained)
+        self.assertEqual([(name, m.content) for name, m in left], [("echo", 0), ("echo", 1), ("echo", 2)])
+        self.assertEqual(self.mailbox(), [])
+
+
+class RestoreTests(RouterTestCase):
+    """
+    Agents the store knows but the node cannot run come back failed.
+    """
+
+    def test_unloadable_agents_come_back_failed(self) -> None:
+        """
+        A stored agent whose module no longer compiles, or whose spec the
+        node's limits now refuse, is listed failed with the reason instead
+        of vanishing; updating it with a good module runs it again.
+        """
+        import hashlib
+
+        from caxton.store.interfaces import AgentRecord
+
+        store = self.node.store
+        garbage = b"\0asm\x01\0\0\0garbage"
+        digest = hashlib.sha256(garbage).hexdigest()
+        self.successResultOf(store.save_module(digest, garbage))
+        good = echo()
+        good_digest = hashlib.sha256(good).hexdigest()
+        self.successResultOf(store.save_module(good_digest, good))
+        now = self.node.clock.seconds()
+        self.successResultOf(store.save_agent(AgentRecord("broken", 3, digest, {}, "running", None, now, now)))
+        self.successResultOf(
+            store.save_agent(
+                AgentRecord("greedy", 1, good_digest, {"limits": {"memory": "64GiB"}}, "running", None, now, now)
+            )
+        )
+        self.successResultOf(Deferred.fromCoroutine(self.agents.load()))
+        broken, greedy = self.agents.get("broken"), self.agents.get("greedy")
+        self.assertEqual((broken.status, broken.version), ("failed", 3))
+        self.assertIn("does not compile", broken.reason)
+        self.assertEqual(greedy.status, "failed")
+        self.assertIn("no longer valid", greedy.reason)
+        d = Deferred.fromCoroutine(self.agents.update("broken", good, None))
+        self.node.pump()
+        self.assertEqual(self.successResultOf(d).status, "running")
+        self.send(performative="request", receiver=("broken",))
+        self.assertEqual([m["performative"] for m in self.mailbox()], ["inform"])

@@ -294,12 +294,23 @@ def decode_message(raw: Union[bytes, str], *, require_receiver: bool = True) -> 
     @raise InvalidMessage: if C{raw} is not UTF-8 JSON or not a valid message.
     """
     try:
-        data = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+        data = strict_json(raw)
     except (UnicodeDecodeError, ValueError) as e:
         raise InvalidMessage(f"malformed JSON: {e}")
     except RecursionError:
         raise InvalidMessage("malformed JSON: nested too deeply")
     return parse_message(data, require_receiver=require_receiver)
+
+
+def strict_json(raw: Union[bytes, str]) -> Any:
+    """
+    Decode JSON, refusing what strict parsers refuse (C{NaN}, C{Infinity},
+    numbers out of a double's range).
+
+    @raise ValueError: for malformed or non-strict JSON.
+    @raise RecursionError: for JSON nested too deeply.
+    """
+    return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
 
 
 def _no_constant(name: str) -> Any:

@@ -324,6 +324,19 @@ class ConversationTracker:
             return self._from_bidder(conversation, participant, performative, now)
         return self._from_responder(conversation, participant, performative)
 
+    def participant_failed(self, conversation_id: str, participant: str) -> None:
+        """
+        The node could not deliver to C{participant} and has already sent
+        its initiator a C{failure}: it will never answer, so no deadline
+        waits for it (and no second failure, C{TIMEOUT}, follows).
+        """
+        conversation = self._lookup(conversation_id)
+        if conversation is None or conversation.state != _OPEN:
+            return
+        state = conversation.participants.get(participant)
+        if state is not None and state.state not in (_ENDED, _LATE):
+            self._move(conversation, state, _ENDED, "failure")
+
     # Conversations
 
     def _lookup(self, conversation_id: str) -> Optional[_Conversation]:

@@ -21,7 +21,7 @@ from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
 import attr
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -37,7 +37,7 @@ from caxton.agents.runtime import (
     Outcome,
     WasmRuntime,
 )
-from caxton.config import AgentDefaults, parse_duration, parse_size
+from caxton.config import AgentDefaults, parse_count, parse_duration, parse_size
 from caxton.errors import (
     AgentAlreadyExists,
     AgentNotFound,
@@ -99,16 +99,19 @@ class AgentSpec:
 
 _LIMIT_PARSERS = {
     "memory": parse_size,
-    "fuel": lambda v: int(parse_size(v)),
+    "fuel": parse_count,
     "wall_clock": parse_duration,
     "max_message": parse_size,
-    "max_sends": lambda v: int(parse_size(v)),
+    "max_sends": parse_count,
 }
 
+#: The most a deploy may ask for: wasm32's 4 GiB, five minutes a message.
 _LIMIT_CEILINGS = {
     "memory": 4 * 1024**3,
+    "fuel": 10**15,
     "wall_clock": 300.0,
     "max_message": 64 * 1024**2,
+    "max_sends": 1_000_000,
 }
 
 
@@ -150,9 +153,8 @@ def parse_spec(document: Any, defaults: AgentDefaults) -> AgentSpec:
             values[key] = parser(raw)
         except ValueError as e:
             raise InvalidRequest(f"limits.{key}: {e}")
-        ceiling = _LIMIT_CEILINGS.get(key)
-        if ceiling is not None and values[key] > ceiling:
-            raise InvalidRequest(f"limits.{key}: at most {ceiling:g}")
+        if values[key] > _LIMIT_CEILINGS[key]:
+            raise InvalidRequest(f"limits.{key}: at most {_LIMIT_CEILINGS[key]}")
     config = document.get("config")
     clean = {"capabilities": list(dict.fromkeys(capabilities)), "limits": dict(given)}
     if config is not None:
@@ -180,13 +182,16 @@ class AgentCell:
 
     All fields belong to the reactor thread except C{instance} and
     C{instance_generation}, which belong to whichever worker runs the
-    agent's current batch (C{busy} says one does).
+    agent's current batch (C{busy} says one does).  C{pending} is an
+    instance an update already started (and ran init on) for the next
+    generation; the first batch of that generation takes it.
     """
 
     name: str
     version: int
     spec: AgentSpec
-    compiled: CompiledModule
+    module_hash: str
+    compiled: Optional[CompiledModule]
     status: str
     reason: Optional[str]
     created_at: float
@@ -195,6 +200,7 @@ class AgentCell:
     generation: int = 0
     instance: Optional[AgentInstance] = None
     instance_generation: int = -1
+    pending: Optional[Tuple[AgentInstance, int]] = None
     inbox: Deque[Tuple[ACLMessage, bytes]] = attr.ib(factory=deque)
     busy: bool = False
     traps: Deque[float] = attr.ib(factory=deque)
@@ -212,7 +218,7 @@ class AgentCell:
         return AgentRecord(
             name=self.name,
             version=self.version,
-            module_hash=self.compiled.module_hash,
+            module_hash=self.module_hash,
             spec=self.spec.document,
             status=self.status,
             reason=self.reason,
@@ -232,7 +238,7 @@ class AgentCell:
             "reason": self.reason,
             "node": node_id,
             "capabilities": list(self.spec.capabilities),
-            "module": {"hash": self.compiled.module_hash, "size": self.module_size},
+            "module": {"hash": self.module_hash, "size": self.module_size},
             "limits": {
                 "memory": limits.memory,
                 "fuel": limits.fuel,
@@ -308,9 +314,9 @@ class AgentManager(Service):
         self.sink: Optional[IMessageSink] = None
         self._cells: Dict[str, AgentCell] = {}
         self._reserved: set[str] = set()
+        self._draining = False
         self._capabilities: Dict[str, List[str]] = {}
         self._round_robin: Dict[str, int] = {}
-        self.accepting = True
 
     # Directory, for the router ------------------------------------------
 
@@ -371,7 +377,7 @@ class AgentManager(Service):
     # Running batches ------------------------------------------------------
 
     def _kick(self, cell: AgentCell) -> None:
-        if cell.busy or cell.status != "running" or not cell.inbox:
+        if cell.busy or cell.status != "running" or not cell.inbox or cell.compiled is None:
             return
         cell.busy = True
         batch = [cell.inbox.popleft() for _ in range(min(BATCH, len(cell.inbox)))]
@@ -391,15 +397,24 @@ class AgentManager(Service):
         generation: int,
     ) -> _BatchResult:
         # On a worker thread: touch only the cell's instance fields.
-        outcomes: List[Tuple[ACLMessage, Outcome]] = []
+        # Outcomes with no message are those of caxton_init.
+        outcomes: List[Tuple[Optional[ACLMessage], Outcome]] = []
         for i, (message, raw) in enumerate(batch):
+            if self._draining:
+                # Shutting down: what has not started is kept for restart.
+                return _BatchResult(outcomes, batch[i:], 0)
             if cell.instance is None or cell.instance_generation != generation:
                 cell.instance = None
-                started = self._fresh_instance(cell.name, compiled, spec)
-                if isinstance(started, Outcome):
-                    outcomes.append((message, started))
-                    return _BatchResult(outcomes, batch[i + 1 :], 0)
-                cell.instance, cell.instance_generation = started, generation
+                pending, cell.pending = cell.pending, None
+                if pending is not None and pending[1] == generation:
+                    cell.instance, cell.instance_generation = pending
+                else:
+                    instance, init = self._fresh_instance(cell.name, compiled, spec)
+                    if instance is None:
+                        outcomes.append((message, init))
+                        return _BatchResult(outcomes, batch[i + 1 :], 0)
+                    outcomes.append((None, init))
+                    cell.instance, cell.instance_generation = instance, generation
             outcome = cell.instance.deliver(raw, message)
             outcomes.append((message, outcome))
             if outcome.trapped:
@@ -408,52 +423,59 @@ class AgentManager(Service):
         memory = cell.instance.memory.data_len(cell.instance.store) if cell.instance else 0
         return _BatchResult(outcomes, [], memory)
 
-    def _fresh_instance(self, name: str, compiled: CompiledModule, spec: AgentSpec) -> Any:
+    def _fresh_instance(
+        self, name: str, compiled: CompiledModule, spec: AgentSpec
+    ) -> Tuple[Optional[AgentInstance], Outcome]:
         """
-        A new instance with its init run, or the L{Outcome} that failed it.
+        A new instance with its init run, and init's outcome; no instance
+        if it could not start, the outcome saying why.
         """
         try:
             instance = self.runtime.instantiate(compiled, name, spec.limits)
         except InvalidWasm as e:
-            return Outcome(False, True, str(e), "instantiate", (), (), (), 0.0)
+            return None, Outcome(False, True, str(e), "instantiate", (), (), (), 0.0)
         outcome = instance.run_init(_config_bytes(spec))
         if not outcome.ok:
-            return attr.evolve(
-                outcome, trapped=True, detail=f"caxton_init failed: {outcome.detail}"
-            )
-        return instance
+            failed = attr.evolve(outcome, trapped=True, detail=f"caxton_init failed: {outcome.detail}")
+            return None, failed
+        return instance, outcome
+
+    def _report(self, cell: AgentCell, message: Optional[ACLMessage], outcome: Outcome) -> None:
+        """
+        Pass on what one guest call did: its log lines, what it sent, and
+        for a failed message the failure its sender must hear.
+        """
+        for line in outcome.logs:
+            log.emit(_log_level(line.level), "agent {agent}: {text}", agent=cell.name, text=line.text)
+        sink = self.sink
+        if sink is not None:
+            for sent in outcome.sent:
+                sink.agent_sent(cell.name, sent)
+            for reason in outcome.refused:
+                sink.agent_refused(cell.name, reason, message)
+        if message is None:
+            return
+        if outcome.ok:
+            cell.handled += 1
+            return
+        cell.failed += 1
+        cell.last_error = outcome.detail
+        if sink is not None:
+            sink.delivery_failed(message, cell.name, "AGENT_FAILED", outcome.detail)
+        if outcome.trapped:
+            self._trapped(cell, outcome)
 
     def _batch_done(self, cell: AgentCell, result: _BatchResult) -> None:
         cell.busy = False
         cell.inbox.extendleft(reversed(result.leftover))
         if result.memory_bytes:
             cell.memory_bytes = result.memory_bytes
-        sink = self.sink
         for message, outcome in result.outcomes:
-            for line in outcome.logs:
-                log.emit(
-                    _log_level(line.level),
-                    "agent {agent}: {text}",
-                    agent=cell.name,
-                    text=line.text,
-                )
-            if sink is not None:
-                for sent in outcome.sent:
-                    sink.agent_sent(cell.name, sent)
-                for reason in outcome.refused:
-                    sink.agent_refused(cell.name, reason, message)
-            if outcome.ok:
-                cell.handled += 1
-                continue
-            cell.failed += 1
-            cell.last_error = outcome.detail
-            if sink is not None:
-                sink.delivery_failed(message, cell.name, "AGENT_FAILED", outcome.detail)
-            if outcome.trapped:
-                self._trapped(cell, outcome)
+            self._report(cell, message, outcome)
+        if cell.status == "removed":
+            self._drop_inbox(cell, "AGENT_NOT_FOUND", f"agent {cell.name!r} was removed")
+        self._kick(cell)
         if not cell.busy:
-            self._kick(cell)
-        if not cell.busy and not cell.inbox or cell.status != "running":
             self._notify_idle(cell)
 
     def _batch_crashed(self, cell: AgentCell, batch: List[Tuple[ACLMessage, bytes]], failure: Failure) -> None:
@@ -526,19 +548,22 @@ class AgentManager(Service):
         pool = self._reactor.getThreadPool()
         return await deferToThreadPool(self._reactor, pool, self.runtime.compile, wasm)
 
-    async def _try_start(self, name: str, compiled: CompiledModule, spec: AgentSpec) -> AgentInstance:
+    async def _try_start(self, name: str, compiled: CompiledModule, spec: AgentSpec) -> Tuple[AgentInstance, Outcome]:
         """
         Instantiate and init on a worker, so a slow or hostile init does
         not hold the reactor; refuse the deploy if it fails.
+
+        @return: the instance and its init's outcome, whose messages and
+            log lines are passed on once the agent is in place.
         """
         d: Deferred = Deferred()
         self._workers.schedule(
             lambda: self._fresh_instance(name, compiled, spec), d.callback, d.errback
         )
-        started = await d
-        if isinstance(started, Outcome):
-            raise InvalidWasm(started.detail)
-        return started
+        instance, init = await d
+        if instance is None:
+            raise InvalidWasm(init.detail)
+        return instance, init
 
     async def deploy(self, name: Any, wasm: bytes, document: Any) -> AgentCell:
         """
@@ -555,13 +580,14 @@ class AgentManager(Service):
         self._reserved.add(name)
         try:
             compiled = await self._compile(wasm)
-            instance = await self._try_start(name, compiled, spec)
+            instance, init = await self._try_start(name, compiled, spec)
             await self._store.save_module(compiled.module_hash, wasm)
             now = self._reactor.seconds()
             cell = AgentCell(
                 name=name,
                 version=1,
                 spec=spec,
+                module_hash=compiled.module_hash,
                 compiled=compiled,
                 status="running",
                 reason=None,
@@ -575,6 +601,7 @@ class AgentManager(Service):
         finally:
             self._reserved.discard(name)
         self._add(cell)
+        self._report(cell, None, init)
         log.info(
             "agent {agent} deployed (version {version}, module {module_hash})",
             agent=name,
@@ -612,21 +639,25 @@ class AgentManager(Service):
         cell = self._cell(name)
         spec = parse_spec(document, self.defaults) if document is not None else cell.spec
         compiled = await self._compile(wasm) if wasm is not None else cell.compiled
-        await self._try_start(name, compiled, spec)
+        if compiled is None:
+            raise InvalidRequest(f"agent {name!r} has no usable module: update it with a new one")
+        instance, init = await self._try_start(name, compiled, spec)
         if wasm is not None:
             await self._store.save_module(compiled.module_hash, wasm)
         cell = self._cell(name)
         self._remove_capabilities(cell)
-        cell.spec, cell.compiled = spec, compiled
+        cell.spec, cell.compiled, cell.module_hash = spec, compiled, compiled.module_hash
         if wasm is not None:
             cell.module_size = len(wasm)
         cell.version += 1
         cell.generation += 1
+        cell.pending = (instance, cell.generation)
         cell.updated_at = self._reactor.seconds()
         if cell.status == "failed":
             cell.status, cell.reason = "running", None
             cell.traps.clear()
         self._add_capabilities(cell)
+        self._report(cell, None, init)
         await self._store.save_agent(cell.record())
         log.info("agent {agent} updated to version {version}", agent=name, version=cell.version)
         self._kick(cell)
@@ -655,11 +686,15 @@ class AgentManager(Service):
         Start a stopped or failed agent again.
         """
         cell = self._cell(name)
+        if cell.compiled is None:
+            raise InvalidRequest(f"agent {name!r} has no usable module: update it with a new one")
         if cell.status != "running":
+            if cell.status == "failed":
+                # A failed agent starts over on a fresh instance; a stopped
+                # one carries on with the instance it had.
+                cell.generation += 1
+                cell.traps.clear()
             cell.status, cell.reason = "running", None
-            cell.traps.clear()
-            cell.instance_generation = -1
-            cell.generation += 1
             cell.updated_at = self._reactor.seconds()
             await self._store.save_agent(cell.record())
             log.info("agent {agent} started", agent=name)
@@ -676,8 +711,8 @@ class AgentManager(Service):
         self._drop_inbox(cell, "AGENT_NOT_FOUND", f"agent {name!r} was removed")
         cell.status = "removed"
         await self._store.delete_agent(name)
-        if not any(c.compiled.module_hash == cell.compiled.module_hash for c in self._cells.values()):
-            self.runtime.forget(cell.compiled.module_hash)
+        if not any(c.module_hash == cell.module_hash for c in self._cells.values()):
+            self.runtime.forget(cell.module_hash)
         log.info("agent {agent} removed", agent=name)
 
     # Start and stop ----------------------------------------------------------
@@ -691,24 +726,34 @@ class AgentManager(Service):
         """
         for record in await self._store.load_agents():
             wasm = await self._store.load_module(record.module_hash)
+            status, reason = record.status, record.reason
+            compiled: Optional[CompiledModule] = None
+            try:
+                spec = parse_spec(record.spec, self.defaults)
+            except InvalidRequest as e:
+                # The node's limits changed under a stored spec: keep the
+                # agent visible, failed, with the defaults until updated.
+                spec = parse_spec({}, self.defaults)
+                status, reason = "failed", f"stored spec is no longer valid: {e}"
             try:
                 if wasm is None:
                     raise InvalidWasm(f"module {record.module_hash} is missing from the store")
-                spec = parse_spec(record.spec, self.defaults)
                 compiled = await self._compile(wasm)
-            except (InvalidWasm, InvalidRequest) as e:
-                log.error("agent {agent} cannot be restored: {error}", agent=record.name, error=str(e))
-                continue
+            except InvalidWasm as e:
+                status, reason = "failed", f"cannot be restored: {e}"
+            if status == "failed" and reason != record.reason:
+                log.error("agent {agent} {reason}", agent=record.name, reason=reason)
             cell = AgentCell(
                 name=record.name,
                 version=record.version,
                 spec=spec,
+                module_hash=record.module_hash,
                 compiled=compiled,
-                status=record.status,
-                reason=record.reason,
+                status=status,
+                reason=reason,
                 created_at=record.created_at,
                 updated_at=record.updated_at,
-                module_size=len(wasm),
+                module_size=len(wasm) if wasm is not None else 0,
             )
             self._add(cell)
         log.info("restored {count} agents", count=len(self._cells))
@@ -718,18 +763,26 @@ class AgentManager(Service):
         Stop taking messages, let running batches finish (for at most
         C{grace} seconds), and return what is still waiting, by agent.
         """
-        self.accepting = False
+        self._draining = True
         for cell in self._cells.values():
             if cell.status == "running":
                 cell.status = "draining"
         busy = [self.when_idle(c) for c in self._cells.values() if c.busy]
         if busy:
+            # Batches stop between messages once draining, so this waits
+            # for at most one message per agent.
             waiting = DeferredList(busy)
             timer = self._reactor.callLater(grace, waiting.cancel)
             try:
                 await waiting
-            except Exception:
-                log.warn("agents still busy after the {grace}s grace period", grace=grace)
+            except CancelledError:
+                stuck = [c.name for c in self._cells.values() if c.busy]
+                log.error(
+                    "agents {agents} still busy after the {grace}s grace period; "
+                    "the messages they were handling are lost",
+                    agents=", ".join(stuck),
+                    grace=grace,
+                )
             if timer.active():
                 timer.cancel()
         left: List[Tuple[str, ACLMessage]] = []

@@ -21,7 +21,6 @@ import ctypes
 import enum
 import hashlib
 import importlib.metadata
-import json
 import os
 import threading
 import time
@@ -37,6 +36,7 @@ from caxton.acl.message import (
     InvalidMessage,
     decode_message,
     make_reply,
+    strict_json,
 )
 from caxton.agents import _fastcall
 
@@ -222,8 +222,8 @@ def _host_reply(perf_ptr: int, perf_len: int, content_ptr: int, content_len: int
         text = performative.decode("utf-8").lower()
         if text not in PERFORMATIVES:
             raise InvalidMessage(f"unknown performative {text!r}")
-        value = json.loads(content) if content else None
-    except (UnicodeDecodeError, ValueError) as e:
+        value = strict_json(content) if content else None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         call.refused.append(f"reply: {e}")
         return SendError.INVALID_MESSAGE
     call.sends += 1

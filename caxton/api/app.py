@@ -32,6 +32,12 @@ log = Logger()
 
 _JSON = "application/json"
 
+_INVOKE_PROTOCOLS = {
+    "request": "fipa-request",
+    "query-if": "fipa-query",
+    "query-ref": "fipa-query",
+}
+
 
 def _error(request: Any, status: int, code: str, message: str) -> bytes:
     request.setResponseCode(status)
@@ -312,8 +318,16 @@ class CaxtonAPI:
             seconds = parse_duration(timeout) if timeout is not None else self._invoke_timeout
         except ValueError as e:
             raise InvalidRequest(f"timeout: {e}")
-        body.setdefault("performative", "request")
-        body.setdefault("protocol", "fipa-request")
+        longest = max(self._max_wait, self._invoke_timeout)
+        if seconds > longest:
+            raise InvalidRequest(f"timeout: at most {longest:g}s")
+        # Only what opens a tracked protocol: the node then answers TIMEOUT
+        # at reply_by, so the call always ends with a message.
+        performative = str(body.setdefault("performative", "request")).lower()
+        protocol = _INVOKE_PROTOCOLS.get(performative)
+        if protocol is None:
+            raise InvalidMessage("invoke sends request, query-if or query-ref")
+        body["protocol"] = protocol
         body.setdefault("sender", f"{CLIENT_PREFIX}invoke-{new_id()[:12]}")
         body["receiver"] = name
         body["reply_with"] = new_id()
@@ -397,7 +411,7 @@ class CaxtonAPI:
         raw = _arg(request, "after")
         if raw is None or raw.isdigit():
             return _int_arg(request, "after", 0)
-        _, messages = await self._store.get_conversation(conversation_id, 0, 100_000)
+        _, messages = await self._store.get_conversation(conversation_id, 0, 10_000)
         for item in messages:
             if item.message.get("message_id") == raw:
                 return item.seq

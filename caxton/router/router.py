@@ -286,6 +286,8 @@ class Router:
 
     def _fail(self, message: ACLMessage, receiver: str, reason: str, detail: str) -> None:
         self.counters["failed:" + reason] += 1
+        if message.conversation_id is not None:
+            self._tracker.participant_failed(message.conversation_id, receiver)
         self._store.record_dead_letter(message_to_dict(message), receiver, reason, detail)
         log.info(
             "message {message_id} to {receiver} failed: {reason} ({detail})",
