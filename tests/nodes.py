@@ -62,7 +62,7 @@ class NodeProcess:
     """
 
     def __init__(self, data_dir: str, args: List[str] = (), env: Optional[Dict[str, str]] = None) -> None:
-        self.data_dir = data_dir
+        self.data_dir = os.path.abspath(data_dir)
         self.args = list(args)
         self.env = dict(env or {})
         self.url: Optional[str] = None
