@@ -53,6 +53,38 @@ def machine() -> Dict[str, Any]:
     }
 
 
+def _cpu_times() -> List[int]:
+    with open("/proc/stat", encoding="ascii") as f:
+        return [int(x) for x in f.readline().split()[1:]]
+
+
+class CpuSteal:
+    """
+    The share of CPU time the hypervisor took (steal) and the machine's busy
+    share, between start and stop, from /proc/stat: tells how contended
+    the (shared) machine was while a benchmark ran.
+    """
+
+    def __init__(self) -> None:
+        try:
+            self._start = _cpu_times()
+        except (OSError, ValueError):
+            self._start = None
+
+    def stop(self) -> Dict[str, Any]:
+        if self._start is None:
+            return {}
+        end = _cpu_times()
+        delta = [b - a for a, b in zip(self._start, end)]
+        total = sum(delta[:8]) or 1
+        idle = delta[3] + delta[4]
+        steal = delta[7] if len(delta) > 7 else 0
+        return {
+            "steal_pct": round(100.0 * steal / total, 1),
+            "busy_pct_all_cores": round(100.0 * (total - idle - steal) / total, 1),
+        }
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -100,7 +132,9 @@ def median_of_rounds(rounds: List[Dict[str, float]]) -> Dict[str, Any]:
     return out
 
 
-def emit(name: str, parameters: Dict[str, Any], figures: Dict[str, Any]) -> None:
+def emit(
+    name: str, parameters: Dict[str, Any], figures: Dict[str, Any], contention: Dict[str, Any] = None
+) -> None:
     """
     Print the machine-readable result line.
     """
@@ -108,6 +142,7 @@ def emit(name: str, parameters: Dict[str, Any], figures: Dict[str, Any]) -> None
         "benchmark": name,
         "date": now(),
         "machine": machine(),
+        "contention": contention or {},
         "parameters": parameters,
         "figures": figures,
     }

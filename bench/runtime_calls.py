@@ -31,7 +31,7 @@ import time
 import uuid
 
 import _common  # noqa: F401  (puts the repo on sys.path)
-from _common import emit, fmt, median_of_rounds, summarize
+from _common import CpuSteal, emit, fmt, median_of_rounds, summarize
 
 from caxton.acl.message import (
     ACLMessage,
@@ -41,7 +41,7 @@ from caxton.acl.message import (
     message_to_dict,
 )
 from caxton.agents import _fastcall, runtime as rt
-from caxton.agents.runtime import HostCall, Limits, WasmRuntime
+from caxton.agents.runtime import HostCall, Limits, Outcome, WasmRuntime
 from tests.wasmbuild import example, testing_agent, wat_module
 
 LIMITS = Limits(
@@ -92,7 +92,10 @@ def messages():
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--calls", type=int, default=20000, help="calls per case, fast road")
+    parser.add_argument(
+        "--checked-calls", type=int, default=5000, help="calls per case, checked road (about 6x slower)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     n, rounds = args.calls, args.rounds
@@ -132,6 +135,10 @@ def main() -> None:
                 cases.append((f"deliver/{agent}/{kind}/{road}", instances[(road, agent)].deliver, (raw, msg)))
         ping = instances[(road, "ping")]
         cases.append((f"raw_alloc/{road}", ping.alloc, (len(raw_inform),)))
+        if road == "fast":
+            # wasmtime-py's Memory.data_len, which _write and the host's
+            # _read call once per message (same on both roads).
+            cases.append(("memory.data_len", ping.memory.data_len, (ping.store,)))
         ptr = ping.alloc(len(raw_inform))
         assert ping._write(ptr, raw_inform)
         # ping on an inform: scans the JSON, does not call the host.
@@ -156,6 +163,10 @@ def main() -> None:
             lambda d: json.dumps(d, separators=(",", ":")),
             (dict_request,),
         ),
+        "Outcome(...) construction": (
+            lambda: Outcome(True, False, "", None, (), (), (), 0.0),
+            (),
+        ),
         "ACLMessage.evolve + 2x uuid4().hex (router _accept)": (
             lambda m: m.evolve(message_id=uuid.uuid4().hex, conversation_id=m.conversation_id or uuid.uuid4().hex),
             (reply.evolve(conversation_id=None),),
@@ -163,19 +174,31 @@ def main() -> None:
     }
 
     # Warm up every case.
+    def reset_limits():
+        # The bare crossings skip deliver(), which resets fuel and the epoch
+        # deadline per message; give the stores room for the whole run.
+        for inst in instances.values():
+            inst.store.set_fuel(10**15)
+            inst.store.set_epoch_deadline(10**9)
+
+    reset_limits()
     for _, fn, a in cases:
         per_call(fn, 2000, *a)
 
     per_round = {name: [] for name, _, _ in cases}
     piece_rounds = {name: [] for name in pieces}
+    steal = CpuSteal()
     started = time.perf_counter()
     for r in range(rounds):
         for name, fn, a in cases:
             gc.collect()
-            per_round[name].append(summarize(per_call(fn, n, *a)))
+            reset_limits()
+            calls = args.checked_calls if name.endswith("/checked") else n
+            per_round[name].append(summarize(per_call(fn, calls, *a)))
         for name, (fn, a) in pieces.items():
             piece_rounds[name].append(mean_cost(fn, n, *a))
     elapsed = time.perf_counter() - started
+    contention = steal.stop()
 
     for runtime in runtimes.values():
         runtime.stop()
@@ -185,11 +208,14 @@ def main() -> None:
         name: round(sorted(v)[len(v) // 2], 3) for name, v in piece_rounds.items()
     }
 
-    print(f"runtime_calls: {n} calls per case, {rounds} rounds, {elapsed:.1f}s")
+    print(
+        f"runtime_calls: {n} calls per case (checked road: {args.checked_calls}), "
+        f"{rounds} rounds, {elapsed:.1f}s; contention {contention}"
+    )
     print(f"  fast road available (raw C calls): {_fastcall.raw_calls_available}")
     print(f"  request message: {len(raw_request)} bytes of JSON")
     for name in per_round:
-        print(f"  {name:34s} {fmt(figures[name])}")
+        print(f"  {name:36s} {fmt(figures[name])}")
     print("  Python-side pieces (mean us per op, median of rounds):")
     for name, v in piece_figures.items():
         print(f"    {name:50s} {v:8.3f}")
@@ -204,6 +230,7 @@ def main() -> None:
         "runtime_calls",
         {
             "calls_per_case": n,
+            "calls_per_case_checked": args.checked_calls,
             "rounds": rounds,
             "request_bytes": len(raw_request),
             "raw_calls_available": _fastcall.raw_calls_available,
@@ -211,6 +238,7 @@ def main() -> None:
             "epoch_ticker": True,
         },
         {"cases": figures, "pieces_mean_us": piece_figures, "elapsed_s": round(elapsed, 1)},
+        contention,
     )
 
 
