@@ -362,7 +362,13 @@ def encode_message(message: ACLMessage) -> bytes:
     """
     Compact UTF-8 JSON for C{message}: what agents and the store receive.
     """
-    data = message_to_dict(message)
+    return encode_body(message_to_dict(message))
+
+
+def encode_body(data: Mapping[str, Any]) -> bytes:
+    """
+    Compact UTF-8 JSON for a message's JSON object (L{message_to_dict}).
+    """
     try:
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(
             "utf-8"

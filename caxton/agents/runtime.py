@@ -136,8 +136,7 @@ class HostCall:
 
     agent: str
     limits: Limits
-    memory: Any
-    store: Any
+    control: _fastcall.StoreControl
     current: Optional[ACLMessage] = None
     sent: List[ACLMessage] = attr.ib(factory=list)
     refused: List[str] = attr.ib(factory=list)
@@ -180,10 +179,9 @@ def _read(call: HostCall, ptr: int, length: int) -> Optional[bytes]:
     """
     if ptr < 0 or length < 0:
         return None
-    size = call.memory.data_len(call.store)
+    base, size = call.control.memory()
     if ptr + length > size:
         return None
-    base = ctypes.addressof(call.memory.data_ptr(call.store).contents)
     return ctypes.string_at(base + ptr, length)
 
 
@@ -436,11 +434,13 @@ class WasmRuntime:
         except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
             raise InvalidWasm(f"cannot instantiate: {str(e).strip().splitlines()[0]}")
         exports = instance.exports(store)
+        memory = exports["memory"]
         return AgentInstance(
             agent=agent,
             limits=limits,
             store=store,
-            memory=exports["memory"],
+            memory=memory,
+            control=_fastcall.StoreControl(store, memory, self.fast),
             alloc=_fastcall.bind_i32(store, exports["caxton_alloc"], 1, self.fast),
             handle=_fastcall.bind_i32(store, exports["caxton_handle"], 2, self.fast),
             init=(
@@ -502,6 +502,7 @@ class AgentInstance:
     limits: Limits
     store: wasmtime.Store
     memory: Any
+    control: _fastcall.StoreControl
     alloc: Callable[..., int]
     handle: Callable[..., int]
     init: Optional[Callable[..., int]]
@@ -525,12 +526,10 @@ class AgentInstance:
         return self._call(self.handle, raw, message)
 
     def _call(self, entry: Callable[..., int], raw: bytes, current: Optional[ACLMessage]) -> Outcome:
-        store = self.store
-        call = HostCall(self.agent, self.limits, self.memory, store, current)
+        call = HostCall(self.agent, self.limits, self.control, current)
         _local.call = call
         started = time.perf_counter()
-        store.set_fuel(self.limits.fuel)
-        store.set_epoch_deadline(_ticks(self.limits.wall_clock))
+        self.control.arm(self.limits.fuel, _ticks(self.limits.wall_clock))
         try:
             ptr = self.alloc(len(raw))
             if not self._write(ptr, raw):
@@ -559,9 +558,8 @@ class AgentInstance:
         )
 
     def _write(self, ptr: int, raw: bytes) -> bool:
-        size = self.memory.data_len(self.store)
+        base, size = self.control.memory()
         if ptr < 0 or ptr + len(raw) > size:
             return False
-        base = ctypes.addressof(self.memory.data_ptr(self.store).contents)
         ctypes.memmove(base + ptr, raw, len(raw))
         return True

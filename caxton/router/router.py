@@ -18,7 +18,8 @@ recorded, so failures never beget failures.
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import os
 from collections import Counter, OrderedDict, defaultdict
 from typing import Any, DefaultDict, Dict, List, Optional, Tuple
 
@@ -30,7 +31,7 @@ from caxton.acl.message import (
     ACLMessage,
     CapabilityReceiver,
     InvalidMessage,
-    encode_message,
+    encode_body,
     message_to_dict,
     parse_message,
 )
@@ -51,11 +52,19 @@ CLIENT_PREFIX = "client:"
 _SUMMARIES = 10_000
 
 
+#: Ids are this process's random prefix and a counter: unique across nodes
+#: and restarts, and cheap.  uuid4() reads os.urandom, a system call that
+#: releases the GIL, and getting it back from busy agent workers cost the
+#: reactor thread tens of microseconds per id (docs/performance.md).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
 def new_id() -> str:
     """
-    A fresh message or conversation id.
+    A fresh message or conversation id: 32 hex digits, opaque to clients.
     """
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 class _Waiters:
@@ -181,7 +190,8 @@ class Router:
         except InvalidMessage as e:
             log.warn("dropping unreadable kept message for {agent}: {error}", agent=name, error=str(e))
             return
-        self._deliver(message, encode_message(message), name)
+        body = message_to_dict(message)
+        self._deliver(message, encode_body(body), name, body)
 
     # Routing -----------------------------------------------------------------
 
@@ -212,10 +222,11 @@ class Router:
             verdict = self._tracker.observe(message, receivers, self._reactor.seconds())
             self._schedule_deadline()
             if verdict.kind != "accept":
-                self._record(message, receivers)
+                self._record(message, receivers, message_to_dict(message))
                 self._protocol_refusal(message, verdict.kind, verdict.reason)
                 return
-        self._record(message, receivers)
+        body = message_to_dict(message)
+        self._record(message, receivers, body)
         if unmet is not None:
             self._fail(
                 message,
@@ -224,11 +235,11 @@ class Router:
                 f"no agent offers capability {unmet!r}",
             )
             return
-        raw = encode_message(message)
+        raw = encode_body(body)
         for name in receivers:
-            self._deliver(message, raw, name)
+            self._deliver(message, raw, name, body)
 
-    def _deliver(self, message: ACLMessage, raw: bytes, name: str) -> None:
+    def _deliver(self, message: ACLMessage, raw: bytes, name: str, body: Dict[str, Any]) -> None:
         if name == NODE:
             # Answers to the node's own messages (an agent replying to a
             # failure, say) end here: recorded in the conversation, and
@@ -236,7 +247,7 @@ class Router:
             self.counters["to_node"] += 1
             return
         if name.startswith(CLIENT_PREFIX):
-            self._store.record_mailbox(name, message_to_dict(message))
+            self._store.record_mailbox(name, body)
             self._mailbox_waiters.fire(name)
             if message.performative != "agree":
                 self._replies.fire((name, message.conversation_id), message)
@@ -249,7 +260,7 @@ class Router:
         else:
             self.counters["delivered"] += 1
 
-    def _record(self, message: ACLMessage, receivers: Tuple[str, ...]) -> None:
+    def _record(self, message: ACLMessage, receivers: Tuple[str, ...], body: Dict[str, Any]) -> None:
         conversation_id = message.conversation_id
         assert conversation_id is not None
         now = self._reactor.seconds()
@@ -281,7 +292,7 @@ class Router:
             updated_at=now,
             message_count=0,
         )
-        self._store.record_message(record, message_to_dict(message))
+        self._store.record_message(record, body)
         self._conversation_waiters.fire(conversation_id)
 
     def _fail(self, message: ACLMessage, receiver: str, reason: str, detail: str) -> None:
