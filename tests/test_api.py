@@ -244,6 +244,8 @@ class MessageRouteTests(APITestCase):
             ({"performative": "shout", "receiver": "x"}, None),
             ({"performative": "inform"}, None),
             ({"performative": "inform", "receiver": "x", "sender": "echo"}, None),
+            (None, b'{"performative": "inform", "receiver": "x", "content": NaN}'),
+            (None, b'{"performative": "inform", "receiver": "x", "content": 1e400}'),
         ]
         for body, raw in cases:
             code, answer = self.call("POST", "/api/v1/messages", body, raw=raw)

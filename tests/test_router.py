@@ -548,6 +548,7 @@ class RestoreTests(RouterTestCase):
         self.assertIn("does not compile", broken.reason)
         self.assertEqual(greedy.status, "failed")
         self.assertIn("no longer valid", greedy.reason)
+        self.assertEqual(greedy.spec.document, {"limits": {"memory": "64GiB"}})
         d = Deferred.fromCoroutine(self.agents.update("broken", good, None))
         self.node.pump()
         self.assertEqual(self.successResultOf(d).status, "running")

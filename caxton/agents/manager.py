@@ -405,8 +405,11 @@ class AgentManager(Service):
                 return _BatchResult(outcomes, batch[i:], 0)
             if cell.instance is None or cell.instance_generation != generation:
                 cell.instance = None
-                pending, cell.pending = cell.pending, None
+                pending = cell.pending
                 if pending is not None and pending[1] == generation:
+                    # Only the batch of the pending instance's generation
+                    # takes it; an older batch leaves it for the next one.
+                    cell.pending = None
                     cell.instance, cell.instance_generation = pending
                 else:
                     instance, init = self._fresh_instance(cell.name, compiled, spec)
@@ -732,8 +735,9 @@ class AgentManager(Service):
                 spec = parse_spec(record.spec, self.defaults)
             except InvalidRequest as e:
                 # The node's limits changed under a stored spec: keep the
-                # agent visible, failed, with the defaults until updated.
-                spec = parse_spec({}, self.defaults)
+                # agent visible and failed, its spec kept as it was (so an
+                # update can mend just the limits), the defaults its limits.
+                spec = _unusable_spec(record.spec, self.defaults)
                 status, reason = "failed", f"stored spec is no longer valid: {e}"
             try:
                 if wasm is None:
@@ -790,6 +794,18 @@ class AgentManager(Service):
             left.extend((cell.name, m) for m, _ in cell.inbox)
             cell.inbox.clear()
         return left
+
+
+def _unusable_spec(document: Any, defaults: AgentDefaults) -> AgentSpec:
+    """
+    A stored spec the node now refuses, kept as it was, with default limits.
+    """
+    document = dict(document) if isinstance(document, dict) else {}
+    capabilities = document.get("capabilities")
+    if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
+        capabilities = []
+    limits = parse_spec({}, defaults).limits
+    return AgentSpec(tuple(capabilities), limits, document.get("config"), document)
 
 
 def _config_bytes(spec: AgentSpec) -> bytes:

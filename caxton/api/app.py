@@ -20,7 +20,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from caxton.acl.message import InvalidMessage, message_to_dict, parse_message
+from caxton.acl.message import InvalidMessage, message_to_dict, parse_message, strict_json
 from caxton.agents.manager import AgentManager, decode_wasm
 from caxton.agents.runtime import InvalidWasm
 from caxton.config import parse_duration
@@ -156,9 +156,11 @@ class CaxtonAPI:
     def _body(request: Any, error: type = InvalidRequest) -> Any:
         raw = request.content.read()
         try:
-            return json.loads(raw)
+            return strict_json(raw)
         except (UnicodeDecodeError, ValueError) as e:
             raise error(f"malformed JSON: {e}")
+        except RecursionError:
+            raise error("malformed JSON: nested too deeply")
 
     def _wait_arg(self, request: Any) -> float:
         raw = _arg(request, "wait")
