@@ -142,7 +142,11 @@ class ACLMessage:
         """
         Return a copy with C{changes} applied.
         """
-        return attr.evolve(self, **changes)
+        # attr.evolve introspects the class on every call; this runs for
+        # every message routed, so copy the fields directly.
+        values = {name: getattr(self, name) for name in _FIELD_NAMES}
+        values.update(changes)
+        return ACLMessage(**values)
 
     def receiver_names(self) -> Tuple[str, ...]:
         """
@@ -151,6 +155,9 @@ class ACLMessage:
         if isinstance(self.receiver, tuple):
             return self.receiver
         return ()
+
+
+_FIELD_NAMES = tuple(field.name for field in attr.fields(ACLMessage))
 
 
 def _name(value: Any, field: str) -> str:
