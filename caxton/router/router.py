@@ -165,16 +165,11 @@ class Router:
             # another malformed message: stop the ping-pong here.
             log.warn("agent {agent} keeps sending malformed messages: {reason}", agent=agent, reason=reason)
             return
-        self._route(
-            self._accept(
-                ACLMessage(
-                    performative="not-understood",
-                    sender=NODE,
-                    receiver=(agent,),
-                    conversation_id=handling.conversation_id if handling else None,
-                    content={"reason": "INVALID_MESSAGE", "message": reason},
-                )
-            )
+        self._from_node(
+            "not-understood",
+            agent,
+            {"reason": "INVALID_MESSAGE", "message": reason},
+            conversation_id=handling.conversation_id if handling else None,
         )
 
     def delivery_failed(self, message: ACLMessage, receiver: str, reason: str, detail: str) -> None:
@@ -309,23 +304,16 @@ class Router:
         )
         if message.sender is None or message.sender == NODE:
             return
-        self._route(
-            self._accept(
-                ACLMessage(
-                    performative="failure",
-                    sender=NODE,
-                    receiver=(message.sender,),
-                    conversation_id=message.conversation_id,
-                    protocol=message.protocol,
-                    in_reply_to=message.reply_with,
-                    content={
-                        "reason": reason,
-                        "message": detail,
-                        "message_id": message.message_id,
-                        "receiver": receiver,
-                    },
-                )
-            )
+        self._from_node(
+            "failure",
+            message.sender,
+            {
+                "reason": reason,
+                "message": detail,
+                "message_id": message.message_id,
+                "receiver": receiver,
+            },
+            about=message,
         )
 
     def _protocol_refusal(self, message: ACLMessage, kind: str, reason: str) -> None:
@@ -335,20 +323,41 @@ class Router:
         self._store.record_dead_letter(
             message_to_dict(message), ",".join(message.receiver_names()), code, reason
         )
+        if message.sender is None:
+            return
+        self._from_node(
+            "reject-proposal" if late else "not-understood",
+            message.sender,
+            {
+                "reason": "late" if late else "PROTOCOL_VIOLATION",
+                "message": reason,
+                "message_id": message.message_id,
+            },
+            about=message,
+        )
+
+    def _from_node(
+        self,
+        performative: str,
+        receiver: str,
+        content: Dict[str, Any],
+        about: Optional[ACLMessage] = None,
+        conversation_id: Optional[str] = None,
+    ) -> None:
+        """
+        Send a message from the node itself, threaded on the message it is
+        C{about} (its conversation, protocol and C{reply_with}).
+        """
         self._route(
             self._accept(
                 ACLMessage(
-                    performative="reject-proposal" if late else "not-understood",
+                    performative=performative,
                     sender=NODE,
-                    receiver=(message.sender,) if message.sender else None,
-                    conversation_id=message.conversation_id,
-                    protocol=message.protocol,
-                    in_reply_to=message.reply_with,
-                    content={
-                        "reason": "late" if late else "PROTOCOL_VIOLATION",
-                        "message": reason,
-                        "message_id": message.message_id,
-                    },
+                    receiver=(receiver,),
+                    conversation_id=about.conversation_id if about else conversation_id,
+                    protocol=about.protocol if about else None,
+                    in_reply_to=about.reply_with if about else None,
+                    content=content,
                 )
             )
         )
@@ -372,24 +381,16 @@ class Router:
             initiating = timeout.initiating
             missing = list(timeout.missing)
             self.counters["timeouts"] += 1
-            self._route(
-                self._accept(
-                    ACLMessage(
-                        performative="failure",
-                        sender=NODE,
-                        receiver=(timeout.initiator,),
-                        conversation_id=timeout.conversation_id,
-                        protocol=timeout.protocol,
-                        in_reply_to=initiating.reply_with,
-                        content={
-                            "reason": "TIMEOUT",
-                            "message": "reply_by passed without an answer from "
-                            + ", ".join(missing),
-                            "missing": missing,
-                            "message_id": initiating.message_id,
-                        },
-                    )
-                )
+            self._from_node(
+                "failure",
+                timeout.initiator,
+                {
+                    "reason": "TIMEOUT",
+                    "message": "reply_by passed without an answer from " + ", ".join(missing),
+                    "missing": missing,
+                    "message_id": initiating.message_id,
+                },
+                about=initiating,
             )
         self._schedule_deadline()
 
