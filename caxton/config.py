@@ -11,6 +11,7 @@ option > environment > file > default (SPEC 2).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -55,8 +56,8 @@ def parse_duration(value: Any) -> float:
         if match is None:
             raise ValueError(f"{value!r} is not a duration (write 200ms, 1s, 5m)")
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
-    if seconds <= 0:
-        raise ValueError("must be longer than zero")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("must be a finite time longer than zero")
     return seconds
 
 
@@ -202,6 +203,9 @@ class Config:
     values: Mapping[str, Any]
 
     def __getitem__(self, path: str) -> Any:
+        """
+        The value of key C{path} (C{agents.wall_clock}).
+        """
         return self.values[path]
 
     @property
@@ -228,6 +232,9 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
         path = f"{prefix}{name}"
         if isinstance(value, dict):
             flat.update(_flatten(value, path + "."))
+        elif value is None and any(key.path.startswith(path + ".") for key in KEYS):
+            # A section whose keys are all commented out.
+            continue
         else:
             flat[path] = value
     return flat

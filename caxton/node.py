@@ -22,7 +22,7 @@ from caxton.agents.manager import AgentManager
 from caxton.agents.runtime import WasmRuntime
 from caxton.api.app import CaxtonAPI
 from caxton.api.site import make_site
-from caxton.config import Config
+from caxton.config import Config, ConfigError
 from caxton.router.router import Router
 from caxton.service import CaxtonService, RuntimeService, StoreService, data_paths
 from caxton.store.sqlite import SQLiteStore
@@ -79,7 +79,13 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
     retention.clock = reactor
     retention.setServiceParent(root)
     for i, description in enumerate(config["api"]):
-        listener = StreamServerEndpointService(serverFromString(reactor, description), site)
+        try:
+            endpoint = serverFromString(reactor, description)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"api: {description!r} is not a server endpoint string ({e})")
+        listener = StreamServerEndpointService(endpoint, site)
+        # Fail the start (and exit 1) when the port cannot be bound, rather
+        # than log it and run a node nobody can reach.
         listener._raiseSynchronously = True
         listener.setName(f"api-{i}")
         listener.setServiceParent(root)

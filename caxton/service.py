@@ -167,6 +167,12 @@ class CaxtonService(MultiService):
 
     async def _stop(self) -> None:
         log.info("caxton node stopping")
+        if self._started is not None and not self._started.called:
+            # Stopped while still starting (SIGTERM during a long load):
+            # let the start finish, then undo it in order.
+            done: Deferred = Deferred()
+            self._started.addBoth(lambda result: (done.callback(None), result)[1])
+            await done
         self.ready = False
         children: List[IService] = list(self)
         api = [c for c in children if c.name and c.name.startswith("api")]

@@ -52,6 +52,10 @@ class Options(usage.Options):
         sys.exit(0)
 
     def postOptions(self) -> None:
+        """
+        Read the configuration from every source; one line and exit on a
+        bad value.
+        """
         given: Dict[str, Any] = {
             "node_id": self["node-id"],
             "data_dir": self["data-dir"],
@@ -70,6 +74,11 @@ def makeService(options: Options) -> Any:
     """
     from twisted.internet import reactor
 
+    # Imported here, not at the top: twistd imports this module to list its
+    # options, and the node pulls in wasmtime, Klein and SQLite.
     from caxton.node import build_node
 
-    return build_node(options.config, reactor)
+    try:
+        return build_node(options.config, reactor)
+    except ConfigError as e:
+        raise SystemExit(f"caxton: configuration error: {e}")

@@ -287,3 +287,68 @@ class IsolationTests(TestCase):
         self.assertEqual(outcome.trap, "interrupt")
         self.assertGreaterEqual(len(ticks), 10)
         self.assertIs(threading.current_thread(), threading.main_thread())
+
+
+TABLE_BOMB = r"""
+(module
+  (memory (export "memory") 1)
+  (table $t 1 funcref)
+  (func (export "caxton_alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "caxton_handle") (param i32 i32) (result i32)
+    (table.grow $t (ref.null func) (i32.const 20000000))))
+"""
+
+# Sends the same 1 MiB message (a small JSON object padded with spaces)
+# twenty times, storing the last send's result at offset 0.
+BIG_SENDER = r"""
+(module
+  (import "caxton" "send" (func $send (param i32 i32) (result i32)))
+  (memory (export "memory") 20)
+  (data (i32.const 16) "{\"performative\":\"inform\",\"receiver\":\"client:a\"}")
+  (func (export "caxton_alloc") (param i32) (result i32) i32.const 4096)
+  (func (export "caxton_handle") (param i32 i32) (result i32)
+    (local $i i32)
+    (memory.fill (i32.const 63) (i32.const 32) (i32.const 1048513))
+    (loop $again
+      (i32.store (i32.const 0) (call $send (i32.const 16) (i32.const 1048560)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $again (i32.lt_u (local.get $i) (i32.const 20))))
+    i32.const 0))
+"""
+
+
+class ResourceBoundTests(SynchronousTestCase):
+    """
+    What a guest can take is bounded beyond its linear memory too.
+    """
+
+    def test_table_growth_capped(self) -> None:
+        """
+        table.grow past the table cap fails (returns -1) instead of
+        allocating outside the memory cap.
+        """
+        runtime = WasmRuntime()
+        instance = runtime.instantiate(compile_wat(runtime, TABLE_BOMB), "tables", LIMITS)
+        outcome = instance.deliver(REQUEST, decode_message(REQUEST))
+        self.assertEqual(outcome.detail, "handler returned -1")
+
+    def test_second_memory_refused(self) -> None:
+        """
+        A module with two memories does not compile on the node's engine.
+        """
+        runtime = WasmRuntime()
+        with self.assertRaises(InvalidWasm):
+            runtime.compile(bytes.fromhex("0061736d01000000050501020001000100"))
+
+    def test_send_budget(self) -> None:
+        """
+        Past SEND_BUDGET bytes in one call, send returns SEND_LIMIT even
+        under max_sends: a handler cannot pile up unbounded messages.
+        """
+        runtime = WasmRuntime()
+        limits = Limits(32 * 2**20, 10**10, 10.0, 2 * 2**20, 1000)
+        instance = runtime.instantiate(compile_wat(runtime, BIG_SENDER), "big", limits)
+        outcome = instance.deliver(REQUEST, decode_message(REQUEST))
+        self.assertEqual(len(outcome.sent), 8)
+        last = int.from_bytes(instance.memory.read(instance.store, 0, 4), "little", signed=True)
+        self.assertEqual(last, SendError.SEND_LIMIT)

@@ -342,3 +342,54 @@ class InvokeRuleTests(APITestCase):
         code, body = self.call("POST", "/api/v1/agents/echo/invoke", {"performative": "query-ref"})
         self.assertEqual(code, 200)
         self.assertEqual(body["reply"]["protocol"], "fipa-query")
+
+
+class ReviewAPITests(APITestCase):
+    """
+    Hostile or unlucky requests leave nothing behind.
+    """
+
+    def test_refused_invoke_leaves_no_waiter(self) -> None:
+        """
+        An invoke refused at send (a non-client sender) leaves no reply
+        waiter behind.
+        """
+        self.deploy_echo()
+        code, _ = self.call("POST", "/api/v1/agents/echo/invoke", {"sender": "echo"})
+        self.assertEqual(code, 400)
+        self.assertNotIn(("echo", None), self.node.router._replies)
+        self.assertEqual(len(self.node.router._replies._waiting), 0)
+
+    def test_invokes_have_their_own_senders(self) -> None:
+        """
+        Two invokes without a sender reply to two different client names.
+        """
+        self.deploy_echo()
+        first = self.call("POST", "/api/v1/agents/echo/invoke", {})[1]["reply"]["receiver"]
+        second = self.call("POST", "/api/v1/agents/echo/invoke", {})[1]["reply"]["receiver"]
+        self.assertNotEqual(first, second)
+
+    def multipart(self, method: str, path: str, fields: dict) -> tuple:
+        boundary = b"b0undary"
+        chunks = []
+        for name, value in fields.items():
+            chunks += [b"--" + boundary + b"\r\n", b'Content-Disposition: form-data; name="%s"\r\n\r\n' % name.encode(), value, b"\r\n"]
+        body = b"".join(chunks) + b"--" + boundary + b"--\r\n"
+        return self.call(method, path, raw=body, headers={b"content-type": [b"multipart/form-data; boundary=" + boundary]})
+
+    def test_multipart_update(self) -> None:
+        """
+        PUT takes a multipart body too: a new module bumps the version.
+        """
+        self.deploy_echo()
+        code, view = self.multipart("PUT", "/api/v1/agents/echo", {"wasm": wat_module(testing_agent("silent.wat"))})
+        self.assertEqual((code, view["version"]), (200, 2), view)
+
+    def test_multipart_bad_spec(self) -> None:
+        """
+        A spec part that is not strict JSON is 400, not 500.
+        """
+        wasm = wat_module(example("wat", "echo.wat"))
+        for spec in (b'{"name": "x", "config": NaN}', b"[" * 100000):
+            code, body = self.multipart("POST", "/api/v1/agents", {"wasm": wasm, "spec": spec})
+            self.assertEqual((code, body["error"]["code"]), (400, "INVALID_REQUEST"))

@@ -554,3 +554,52 @@ class RestoreTests(RouterTestCase):
         self.assertEqual(self.successResultOf(d).status, "running")
         self.send(performative="request", receiver=("broken",))
         self.assertEqual([m["performative"] for m in self.mailbox()], ["inform"])
+
+
+class ReviewRegressionTests(RouterTestCase):
+    """
+    Lifecycle changes racing a batch in flight.
+    """
+
+    overrides = {"agents__max_traps": 1}
+
+    def test_removed_agent_not_resurrected(self) -> None:
+        """
+        An agent removed while its batch is in flight stays removed, even
+        when that batch traps: no record comes back in the store.
+        """
+        self.deploy("trap", agent("trap.wat"))
+        self.router.send(ACLMessage("request", sender="client:alice", receiver=("trap",)))
+        self.successResultOf(Deferred.fromCoroutine(self.agents.remove("trap")))
+        self.node.pump()
+        self.assertEqual(self.successResultOf(self.node.store.load_agents()), [])
+        self.assertIsNone(self.agents.get("trap"))
+
+    def test_update_while_batch_waits(self) -> None:
+        """
+        A message queued before an update runs on the new version, and the
+        old version's traps do not fail the updated agent.
+        """
+        self.deploy("agent", agent("trap.wat"))
+        update = Deferred.fromCoroutine(self.agents.update("agent", echo(), None))
+        self.router.send(ACLMessage("request", sender="client:alice", receiver=("agent",)))
+        self.node.pump()
+        cell = self.successResultOf(update)
+        self.assertEqual((cell.status, cell.version), ("running", 2))
+        self.assertEqual([m["performative"] for m in self.mailbox()], ["inform"])
+
+    def test_stop_ends_batch_early(self) -> None:
+        """
+        Stopping an agent with a batch in flight keeps the messages that
+        had not started, for when it starts again.
+        """
+        self.deploy("echo", echo())
+        for i in range(3):
+            self.router.send(ACLMessage("request", sender="client:alice", receiver=("echo",), content=i))
+        self.successResultOf(Deferred.fromCoroutine(self.agents.stop("echo")))
+        self.node.pump()
+        self.assertEqual(self.mailbox(), [])
+        self.assertEqual(len(self.agents.get("echo").inbox), 3)
+        self.successResultOf(Deferred.fromCoroutine(self.agents.start("echo")))
+        self.node.pump()
+        self.assertEqual([m["content"]["content"] for m in self.mailbox()], [0, 1, 2])

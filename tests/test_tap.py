@@ -66,3 +66,23 @@ class PluginTests(SynchronousTestCase):
             [child.name for child in service],
             ["store", "runtime", "agents", "retention", "api-0", "api-1"],
         )
+
+
+class EndpointErrorTests(SynchronousTestCase):
+    """
+    A bad endpoint string is a configuration error, on one line.
+    """
+
+    def test_bad_api_endpoint(self) -> None:
+        """
+        makeService exits with one line naming the bad --api value.
+        """
+        from caxton.tap import makeService
+
+        options = Options()
+        options.parseOptions(["--data-dir", self.mktemp(), "--api", "bogus:1"])
+        with self.assertRaises(SystemExit) as caught:
+            makeService(options)
+        message = str(caught.exception.code)
+        self.assertIn("bogus:1", message)
+        self.assertNotIn("\n", message)

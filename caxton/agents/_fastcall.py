@@ -52,7 +52,8 @@ def _raw(store: wasmtime.Store, func: wasmtime.Func, nargs: int) -> Callable[...
     func_ref = ctypes.byref(func._func)
     context = store._context()
 
-    def call(*args: int) -> int:
+    def call(*args: int, _store: wasmtime.Store = store) -> int:
+        # _store keeps the Store (and so context) alive as long as this is.
         for i, arg in enumerate(args):
             values[i].i32 = arg
         trap = _TrapPtr()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections import deque
 from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
@@ -32,6 +33,7 @@ from caxton.agents.executor import IWorkers
 from caxton.agents.runtime import (
     AgentInstance,
     CompiledModule,
+    MAX_WALL_CLOCK,
     InvalidWasm,
     Limits,
     Outcome,
@@ -49,11 +51,21 @@ from caxton.store.interfaces import AgentRecord, IStateStore
 
 log = Logger()
 
+#: After interrupting the agents at shutdown, how long their workers get to
+#: hand back their batches.
+INTERRUPT_GRACE = 5.0
+
 #: Names the platform keeps for itself.
 RESERVED_NAMES = frozenset({"caxton"})
 
 #: Messages handed to a worker in one go.
 BATCH = 64
+
+#: A batch ends early after this much guest time, or once its handlers
+#: have sent this many messages: one busy agent must not hold a worker, nor
+#: hand the reactor a mountain of messages to route in one turn.
+BATCH_TIME = 0.05
+BATCH_SENDS = 1000
 
 _LOG_LEVELS = {0: "debug", 1: "info", 2: "warn", 3: "error"}
 
@@ -109,7 +121,7 @@ _LIMIT_PARSERS = {
 _LIMIT_CEILINGS = {
     "memory": 4 * 1024**3,
     "fuel": 10**15,
-    "wall_clock": 300.0,
+    "wall_clock": MAX_WALL_CLOCK,
     "max_message": 64 * 1024**2,
     "max_sends": 1_000_000,
 }
@@ -184,7 +196,9 @@ class AgentCell:
     C{instance_generation}, which belong to whichever worker runs the
     agent's current batch (C{busy} says one does).  C{pending} is an
     instance an update already started (and ran init on) for the next
-    generation; the first batch of that generation takes it.
+    generation; the reactor puts it there and the first batch of that
+    generation takes it, both under C{lock}.  Workers read C{status} and
+    C{generation} between messages, to stop a batch early.
     """
 
     name: str
@@ -201,6 +215,7 @@ class AgentCell:
     instance: Optional[AgentInstance] = None
     instance_generation: int = -1
     pending: Optional[Tuple[AgentInstance, int]] = None
+    lock: threading.Lock = attr.ib(factory=threading.Lock)
     inbox: Deque[Tuple[ACLMessage, bytes]] = attr.ib(factory=deque)
     busy: bool = False
     traps: Deque[float] = attr.ib(factory=deque)
@@ -261,9 +276,10 @@ class AgentCell:
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class _BatchResult:
-    outcomes: List[Tuple[ACLMessage, Outcome]]
+    outcomes: List[Tuple[Optional[ACLMessage], Outcome]]
     leftover: List[Tuple[ACLMessage, bytes]]
     memory_bytes: int
+    generation: int
 
 
 def decode_wasm(value: Any) -> bytes:
@@ -396,35 +412,59 @@ class AgentManager(Service):
         spec: AgentSpec,
         generation: int,
     ) -> _BatchResult:
-        # On a worker thread: touch only the cell's instance fields.
+        # On a worker thread: touch only the cell's instance fields (and
+        # pending, under its lock); read status only to stop early.
         # Outcomes with no message are those of caxton_init.
         outcomes: List[Tuple[Optional[ACLMessage], Outcome]] = []
+        spent = 0.0
+        sent = 0
         for i, (message, raw) in enumerate(batch):
-            if self._draining:
-                # Shutting down: what has not started is kept for restart.
-                return _BatchResult(outcomes, batch[i:], 0)
-            if cell.instance is None or cell.instance_generation != generation:
-                cell.instance = None
-                pending = cell.pending
-                if pending is not None and pending[1] == generation:
-                    # Only the batch of the pending instance's generation
-                    # takes it; an older batch leaves it for the next one.
-                    cell.pending = None
-                    cell.instance, cell.instance_generation = pending
-                else:
-                    instance, init = self._fresh_instance(cell.name, compiled, spec)
-                    if instance is None:
-                        outcomes.append((message, init))
-                        return _BatchResult(outcomes, batch[i + 1 :], 0)
-                    outcomes.append((None, init))
-                    cell.instance, cell.instance_generation = instance, generation
-            outcome = cell.instance.deliver(raw, message)
+            if self._draining or cell.status != "running" or generation != cell.generation:
+                # Shutting down, stopped, removed or updated: what has not
+                # started goes back to the reactor, to keep, fail or run
+                # on the new version.
+                return _BatchResult(outcomes, batch[i:], 0, generation)
+            if i and (spent > BATCH_TIME or sent > BATCH_SENDS):
+                # Let other agents have this worker, and let the reactor
+                # route what this batch sent before it grows further.
+                return _BatchResult(outcomes, batch[i:], 0, generation)
+            try:
+                if cell.instance is None or cell.instance_generation != generation:
+                    cell.instance = None
+                    started = self._take_pending(cell, generation)
+                    if started is None:
+                        started, init = self._fresh_instance(cell.name, compiled, spec)
+                        if started is None:
+                            outcomes.append((message, init))
+                            return _BatchResult(outcomes, batch[i + 1 :], 0, generation)
+                        outcomes.append((None, init))
+                    cell.instance, cell.instance_generation = started, generation
+                outcome = cell.instance.deliver(raw, message)
+            except Exception as e:
+                # A bug on our side, not the agent's: fail this message,
+                # start the next on a fresh instance, keep serving.
+                log.failure("delivering to agent {agent} failed", agent=cell.name)
+                outcome = Outcome(False, True, f"internal error: {e}", "internal", (), (), (), 0.0)
             outcomes.append((message, outcome))
+            spent += outcome.elapsed
+            sent += len(outcome.sent)
             if outcome.trapped:
                 cell.instance = None
-                return _BatchResult(outcomes, batch[i + 1 :], 0)
+                return _BatchResult(outcomes, batch[i + 1 :], 0, generation)
         memory = cell.instance.memory.data_len(cell.instance.store) if cell.instance else 0
-        return _BatchResult(outcomes, [], memory)
+        return _BatchResult(outcomes, [], memory, generation)
+
+    def _take_pending(self, cell: AgentCell, generation: int) -> Optional[AgentInstance]:
+        """
+        On a worker: the instance an update started for C{generation}, if
+        any; an older batch leaves a newer pending instance alone.
+        """
+        with cell.lock:
+            pending = cell.pending
+            if pending is None or pending[1] != generation:
+                return None
+            cell.pending = None
+            return pending[0]
 
     def _fresh_instance(
         self, name: str, compiled: CompiledModule, spec: AgentSpec
@@ -443,10 +483,20 @@ class AgentManager(Service):
             return None, failed
         return instance, outcome
 
-    def _report(self, cell: AgentCell, message: Optional[ACLMessage], outcome: Outcome) -> None:
+    def _current(self, cell: AgentCell) -> bool:
+        """
+        Whether C{cell} is still the agent hosted under its name (not
+        removed, nor replaced by a new deploy of the name).
+        """
+        return self._cells.get(cell.name) is cell
+
+    def _report(
+        self, cell: AgentCell, message: Optional[ACLMessage], outcome: Outcome, generation: int
+    ) -> None:
         """
         Pass on what one guest call did: its log lines, what it sent, and
-        for a failed message the failure its sender must hear.
+        for a failed message the failure its sender must hear.  Traps count
+        against the agent only if they happened on its current version.
         """
         for line in outcome.logs:
             log.emit(_log_level(line.level), "agent {agent}: {text}", agent=cell.name, text=line.text)
@@ -465,31 +515,36 @@ class AgentManager(Service):
         cell.last_error = outcome.detail
         if sink is not None:
             sink.delivery_failed(message, cell.name, "AGENT_FAILED", outcome.detail)
-        if outcome.trapped:
+        if outcome.trapped and generation == cell.generation and self._current(cell):
             self._trapped(cell, outcome)
 
     def _batch_done(self, cell: AgentCell, result: _BatchResult) -> None:
-        cell.busy = False
         cell.inbox.extendleft(reversed(result.leftover))
         if result.memory_bytes:
             cell.memory_bytes = result.memory_bytes
+        # Still busy while reporting: an agent sending to itself queues the
+        # message rather than starting a batch before its traps are counted.
         for message, outcome in result.outcomes:
-            self._report(cell, message, outcome)
-        if cell.status == "removed":
+            self._report(cell, message, outcome, result.generation)
+        cell.busy = False
+        if not self._current(cell):
             self._drop_inbox(cell, "AGENT_NOT_FOUND", f"agent {cell.name!r} was removed")
         self._kick(cell)
         if not cell.busy:
             self._notify_idle(cell)
 
     def _batch_crashed(self, cell: AgentCell, batch: List[Tuple[ACLMessage, bytes]], failure: Failure) -> None:
-        # A bug on our side, not the agent's: fail the batch, keep serving.
+        # _run_batch catches per message; this is a bug in the batch itself,
+        # before any message ran: fail them all, keep serving.
         log.failure("running a batch for agent {agent} failed", failure, agent=cell.name)
         cell.busy = False
         cell.instance = None
         if self.sink is not None:
             for message, _ in batch:
-                self.sink.delivery_failed(message, cell.name, "INTERNAL_ERROR", "internal error")
+                self.sink.delivery_failed(message, cell.name, "AGENT_FAILED", "internal error")
         self._kick(cell)
+        if not cell.busy:
+            self._notify_idle(cell)
 
     def _trapped(self, cell: AgentCell, outcome: Outcome) -> None:
         now = self._reactor.seconds()
@@ -503,7 +558,7 @@ class AgentManager(Service):
             trap=outcome.trap,
             detail=outcome.detail,
         )
-        if len(cell.traps) >= self.defaults.max_traps and cell.status != "failed":
+        if len(cell.traps) >= self.defaults.max_traps and cell.status == "running":
             reason = (
                 f"{len(cell.traps)} traps within {self.defaults.trap_window:g}s; "
                 f"last: {outcome.detail}"
@@ -524,6 +579,9 @@ class AgentManager(Service):
                 self.sink.delivery_failed(message, cell.name, reason, detail)
 
     def _persist(self, cell: AgentCell) -> Deferred:
+        """
+        Save C{cell}'s record, in the background: a failure is logged.
+        """
         d = self._store.save_agent(cell.record())
         d.addErrback(lambda f: log.failure("saving agent {agent}", f, agent=cell.name))
         return d
@@ -581,6 +639,7 @@ class AgentManager(Service):
         if name in self._cells or name in self._reserved:
             raise AgentAlreadyExists(f"an agent named {name!r} already exists")
         self._reserved.add(name)
+        compiled: Optional[CompiledModule] = None
         try:
             compiled = await self._compile(wasm)
             instance, init = await self._try_start(name, compiled, spec)
@@ -601,10 +660,14 @@ class AgentManager(Service):
                 instance_generation=0,
             )
             await self._store.save_agent(cell.record())
+        except BaseException:
+            if compiled is not None:
+                self._release(compiled.module_hash)
+            raise
         finally:
             self._reserved.discard(name)
         self._add(cell)
-        self._report(cell, None, init)
+        self._report(cell, None, init, cell.generation)
         log.info(
             "agent {agent} deployed (version {version}, module {module_hash})",
             agent=name,
@@ -644,26 +707,34 @@ class AgentManager(Service):
         compiled = await self._compile(wasm) if wasm is not None else cell.compiled
         if compiled is None:
             raise InvalidRequest(f"agent {name!r} has no usable module: update it with a new one")
-        instance, init = await self._try_start(name, compiled, spec)
-        if wasm is not None:
-            await self._store.save_module(compiled.module_hash, wasm)
-        cell = self._cell(name)
+        try:
+            instance, init = await self._try_start(name, compiled, spec)
+            if wasm is not None:
+                await self._store.save_module(compiled.module_hash, wasm)
+            cell = self._cell(name)
+        except BaseException:
+            self._release(compiled.module_hash)
+            raise
+        old_module = cell.module_hash
         self._remove_capabilities(cell)
         cell.spec, cell.compiled, cell.module_hash = spec, compiled, compiled.module_hash
         if wasm is not None:
             cell.module_size = len(wasm)
         cell.version += 1
         cell.generation += 1
-        cell.pending = (instance, cell.generation)
+        with cell.lock:
+            cell.pending = (instance, cell.generation)
         cell.updated_at = self._reactor.seconds()
+        # Traps of the old version say nothing about the new one.
+        cell.traps.clear()
         if cell.status == "failed":
             cell.status, cell.reason = "running", None
-            cell.traps.clear()
         self._add_capabilities(cell)
-        self._report(cell, None, init)
-        await self._store.save_agent(cell.record())
-        log.info("agent {agent} updated to version {version}", agent=name, version=cell.version)
+        self._release(old_module)
+        self._report(cell, None, init, cell.generation)
         self._kick(cell)
+        self._persist(cell)
+        log.info("agent {agent} updated to version {version}", agent=name, version=cell.version)
         return cell
 
     def _add_capabilities(self, cell: AgentCell) -> None:
@@ -674,13 +745,14 @@ class AgentManager(Service):
 
     async def stop(self, name: str) -> AgentCell:
         """
-        Stop an agent: it keeps its messages queued but handles none.
+        Stop an agent: it keeps its messages queued but handles none; the
+        batch it is running stops after the message at hand.
         """
         cell = self._cell(name)
         if cell.status == "running":
             cell.status = "stopped"
             cell.updated_at = self._reactor.seconds()
-            await self._store.save_agent(cell.record())
+            self._persist(cell)
             log.info("agent {agent} stopped", agent=name)
         return cell
 
@@ -699,24 +771,31 @@ class AgentManager(Service):
                 cell.traps.clear()
             cell.status, cell.reason = "running", None
             cell.updated_at = self._reactor.seconds()
-            await self._store.save_agent(cell.record())
+            self._persist(cell)
             log.info("agent {agent} started", agent=name)
             self._kick(cell)
         return cell
 
     async def remove(self, name: str) -> None:
         """
-        Remove an agent; messages still waiting for it fail.
+        Remove an agent; messages still waiting for it fail, and the batch
+        it is running stops after the message at hand.
         """
         cell = self._cell(name)
         del self._cells[name]
         self._remove_capabilities(cell)
         self._drop_inbox(cell, "AGENT_NOT_FOUND", f"agent {name!r} was removed")
         cell.status = "removed"
-        await self._store.delete_agent(name)
-        if not any(c.module_hash == cell.module_hash for c in self._cells.values()):
-            self.runtime.forget(cell.module_hash)
+        self._release(cell.module_hash)
         log.info("agent {agent} removed", agent=name)
+        await self._store.delete_agent(name)
+
+    def _release(self, module_hash: str) -> None:
+        """
+        Forget a compiled module no hosted agent uses any more.
+        """
+        if not any(c.module_hash == module_hash for c in self._cells.values()):
+            self.runtime.forget(module_hash)
 
     # Start and stop ----------------------------------------------------------
 
@@ -762,6 +841,23 @@ class AgentManager(Service):
             self._add(cell)
         log.info("restored {count} agents", count=len(self._cells))
 
+    async def _idle_within(self, seconds: float) -> bool:
+        """
+        Wait until no agent runs a batch, for at most C{seconds}.
+        """
+        busy = [self.when_idle(c) for c in self._cells.values() if c.busy]
+        if not busy:
+            return True
+        waiting = DeferredList(busy, consumeErrors=True)
+        timer = self._reactor.callLater(seconds, waiting.cancel)
+        try:
+            await waiting
+        except CancelledError:
+            pass
+        if timer.active():
+            timer.cancel()
+        return not any(c.busy for c in self._cells.values())
+
     async def drain(self, grace: float) -> List[Tuple[str, ACLMessage]]:
         """
         Stop taking messages, let running batches finish (for at most
@@ -771,24 +867,18 @@ class AgentManager(Service):
         for cell in self._cells.values():
             if cell.status == "running":
                 cell.status = "draining"
-        busy = [self.when_idle(c) for c in self._cells.values() if c.busy]
-        if busy:
-            # Batches stop between messages once draining, so this waits
-            # for at most one message per agent.
-            waiting = DeferredList(busy)
-            timer = self._reactor.callLater(grace, waiting.cancel)
-            try:
-                await waiting
-            except CancelledError:
+        if not await self._idle_within(grace):
+            # Past the grace period: interrupt what is still running (its
+            # senders get AGENT_FAILED), and give the workers a moment to
+            # hand back the rest of their batches.
+            log.warn("interrupting agents still busy after the {grace}s grace period", grace=grace)
+            self.runtime.interrupt_all()
+            if not await self._idle_within(INTERRUPT_GRACE):
                 stuck = [c.name for c in self._cells.values() if c.busy]
                 log.error(
-                    "agents {agents} still busy after the {grace}s grace period; "
-                    "the messages they were handling are lost",
+                    "agents {agents} did not stop; the messages they hold are lost",
                     agents=", ".join(stuck),
-                    grace=grace,
                 )
-            if timer.active():
-                timer.cancel()
         left: List[Tuple[str, ACLMessage]] = []
         for cell in self._cells.values():
             left.extend((cell.name, m) for m, _ in cell.inbox)

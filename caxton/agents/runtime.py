@@ -49,6 +49,9 @@ ABI_VERSION = 1
 #: How often the epoch advances: the granularity of wall-clock limits.
 EPOCH_TICK = 0.01
 
+#: The longest wall-clock limit an agent may have, in seconds.
+MAX_WALL_CLOCK = 300.0
+
 #: The imports a core module may use, all from module C{caxton}, by name:
 #: C{(parameter types, result types)}.  FuncTypes are made per engine
 #: (L{_func_type}): wasmtime ties a FuncType to the first engine that uses it.
@@ -69,6 +72,16 @@ def _func_type(signature: tuple) -> wasmtime.FuncType:
     params, results = signature
     return wasmtime.FuncType([_VALTYPES[t]() for t in params], [_VALTYPES[t]() for t in results])
 
+
+#: Table limits: tables hold function references (C function pointers),
+#: which real agents have in the hundreds; unbounded, a table.grow is a
+#: memory bomb outside the memory cap.
+MAX_TABLE_ELEMENTS = 100_000
+MAX_TABLES = 4
+
+#: Most bytes of messages one guest call may send, whatever max_sends is:
+#: what a handler sends is held in memory until the node routes it.
+SEND_BUDGET = 8 * 1024 * 1024
 
 #: Longest log line an agent may write; the rest is cut.
 MAX_LOG_LINE = 4096
@@ -139,6 +152,7 @@ class HostCall:
     control: _fastcall.StoreControl
     current: Optional[ACLMessage] = None
     sent: List[ACLMessage] = attr.ib(factory=list)
+    sent_bytes: int = 0
     refused: List[str] = attr.ib(factory=list)
     logs: List[LogLine] = attr.ib(factory=list)
     sends: int = 0
@@ -169,8 +183,8 @@ class Outcome:
 _local = threading.local()
 
 
-def _current() -> HostCall:
-    return _local.call
+def _current() -> Optional[HostCall]:
+    return getattr(_local, "call", None)
 
 
 def _read(call: HostCall, ptr: int, length: int) -> Optional[bytes]:
@@ -187,7 +201,9 @@ def _read(call: HostCall, ptr: int, length: int) -> Optional[bytes]:
 
 def _host_send(ptr: int, length: int) -> int:
     call = _current()
-    if call.sends >= call.limits.max_sends:
+    if call is None:
+        return SendError.NO_MESSAGE
+    if call.sends >= call.limits.max_sends or call.sent_bytes + length > SEND_BUDGET:
         return SendError.SEND_LIMIT
     if length > call.limits.max_message:
         return SendError.TOO_LARGE
@@ -200,15 +216,16 @@ def _host_send(ptr: int, length: int) -> int:
         call.refused.append(f"send: {e}")
         return SendError.INVALID_MESSAGE
     call.sends += 1
+    call.sent_bytes += length
     call.sent.append(message.evolve(sender=call.agent, message_id=None))
     return SendError.OK
 
 
 def _host_reply(perf_ptr: int, perf_len: int, content_ptr: int, content_len: int) -> int:
     call = _current()
-    if call.current is None:
+    if call is None or call.current is None:
         return SendError.NO_MESSAGE
-    if call.sends >= call.limits.max_sends:
+    if call.sends >= call.limits.max_sends or call.sent_bytes + content_len > SEND_BUDGET:
         return SendError.SEND_LIMIT
     if content_len > call.limits.max_message or perf_len > 64:
         return SendError.TOO_LARGE
@@ -225,12 +242,15 @@ def _host_reply(perf_ptr: int, perf_len: int, content_ptr: int, content_len: int
         call.refused.append(f"reply: {e}")
         return SendError.INVALID_MESSAGE
     call.sends += 1
+    call.sent_bytes += content_len
     call.sent.append(make_reply(call.current, text, value, call.agent))
     return SendError.OK
 
 
 def _host_log(level: int, ptr: int, length: int) -> None:
     call = _current()
+    if call is None:
+        return
     raw = _read(call, ptr, min(length, MAX_LOG_LINE))
     if raw is not None and len(call.logs) < call.limits.max_sends:
         call.logs.append(LogLine(level, raw.decode("utf-8", "replace")))
@@ -305,6 +325,13 @@ class WasmRuntime:
         config = wasmtime.Config()
         config.consume_fuel = True
         config.epoch_interruption = True
+        # The memory cap (Store.set_limits) bounds each linear memory; these
+        # proposals would let a guest allocate outside it: more memories,
+        # GC heaps, shared memories, 64-bit memories.
+        config.wasm_multi_memory = False
+        config.wasm_gc = False
+        config.wasm_threads = False
+        config.wasm_memory64 = False
         # Agents are small: a smaller address-space reservation per memory
         # lets thousands of them share one process (notes/agents.md, 6).
         config.memory_reservation = 64 * 1024 * 1024
@@ -344,6 +371,14 @@ class WasmRuntime:
         if self._ticker is not None:
             self._ticker.join()
             self._ticker = None
+
+    def interrupt_all(self) -> None:
+        """
+        End every guest call running now, whatever its deadline: advance
+        the epoch past the longest wall-clock limit (at shutdown).
+        """
+        for _ in range(_ticks(MAX_WALL_CLOCK) + 1):
+            self.engine.increment_epoch()
 
     def _tick(self) -> None:
         while self._ticking.is_set():
@@ -426,7 +461,13 @@ class WasmRuntime:
             (a memory minimum above the cap, a start function that traps).
         """
         store = wasmtime.Store(self.engine)
-        store.set_limits(memory_size=limits.memory)
+        store.set_limits(
+            memory_size=limits.memory,
+            table_elements=MAX_TABLE_ELEMENTS,
+            instances=1,
+            tables=MAX_TABLES,
+            memories=1,
+        )
         store.set_fuel(limits.fuel)
         store.set_epoch_deadline(_ticks(limits.wall_clock))
         try:

@@ -15,9 +15,13 @@ import json
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, Optional
 
+from email import message_from_bytes
+
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from caxton.acl.message import InvalidMessage, message_to_dict, parse_message, strict_json
@@ -63,6 +67,45 @@ def _int_arg(request: Any, name: str, default: Optional[int], low: int = 0, high
     if not low <= value <= high:
         raise InvalidRequest(f"{name} must be between {low} and {high}")
     return value
+
+
+def parse_multipart(content: bytes, content_type: str) -> Dict[str, list]:
+    """
+    The parts of a C{multipart/form-data} body, by field name.  Blocking:
+    run it off the reactor thread.
+
+    @raise InvalidRequest: if the body is not multipart.
+    """
+    message = message_from_bytes(
+        b"MIME-Version: 1.0\r\nContent-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + content
+    )
+    if not message.is_multipart():
+        raise InvalidRequest("the body is not multipart/form-data")
+    parts: Dict[str, list] = {}
+    for part in message.get_payload():
+        name = part.get_param("name", header="content-disposition")
+        if name:
+            parts.setdefault(name, []).append(part.get_payload(decode=True) or b"")
+    return parts
+
+
+def _detached(coroutine: Any) -> Deferred:
+    """
+    Run a change to the node to its end even if the client goes away: Klein
+    cancels a handler whose client disconnects, which must not stop a
+    deploy, update or removal halfway.
+    """
+    running = Deferred.fromCoroutine(coroutine)
+    answer: Deferred = Deferred()
+
+    def settle(result: Any) -> None:
+        if not answer.called:
+            answer.callback(result)
+        elif isinstance(result, Failure):
+            log.failure("a change finished after its client left", result)
+
+    running.addBoth(settle)
+    return answer
 
 
 def _discard(waiter: Deferred) -> None:
@@ -201,24 +244,29 @@ class CaxtonAPI:
 
     # Agents ----------------------------------------------------------------------------
 
-    def _deploy_parts(self, request: Any, require_wasm: bool) -> tuple:
+    async def _deploy_parts(self, request: Any, require_wasm: bool) -> tuple:
         """
         The module and spec of a deploy or update: JSON with base64, or
         multipart with a C{wasm} file and a C{spec} JSON part.
         """
-        content_type = (request.getHeader("content-type") or "").lower()
-        if content_type.startswith("multipart/form-data"):
-            wasm_parts = request.args.get(b"wasm")
-            spec_parts = request.args.get(b"spec")
+        content_type = request.getHeader("content-type") or ""
+        if content_type.lower().startswith("multipart/form-data"):
+            parts = await deferToThreadPool(
+                self._reactor,
+                self._reactor.getThreadPool(),
+                parse_multipart,
+                request.content.read(),
+                content_type,
+            )
             spec: Dict[str, Any] = {}
-            if spec_parts:
+            if parts.get("spec"):
                 try:
-                    spec = json.loads(spec_parts[0])
-                except (UnicodeDecodeError, ValueError) as e:
-                    raise InvalidRequest(f"spec part is malformed JSON: {e}")
+                    spec = strict_json(parts["spec"][0])
+                except (UnicodeDecodeError, ValueError, RecursionError) as e:
+                    raise InvalidRequest(f"spec part is not valid JSON: {e}")
                 if not isinstance(spec, dict):
                     raise InvalidRequest("spec part must be a JSON object")
-            wasm = wasm_parts[0] if wasm_parts else None
+            wasm = parts["wasm"][0] if parts.get("wasm") else None
             if wasm is None and require_wasm:
                 raise InvalidRequest("multipart deploy needs a 'wasm' file part")
             return wasm, spec
@@ -233,9 +281,9 @@ class CaxtonAPI:
 
     @app.route("/api/v1/agents", methods=["POST"])
     async def deploy(self, request: Any) -> bytes:
-        wasm, spec = self._deploy_parts(request, require_wasm=True)
+        wasm, spec = await self._deploy_parts(request, require_wasm=True)
         name = spec.pop("name", None)
-        cell = await self._agents.deploy(name, wasm, spec)
+        cell = await _detached(self._agents.deploy(name, wasm, spec))
         request.setHeader("location", f"/api/v1/agents/{cell.name}")
         return self._json(request, cell.view(self._agents.node_id), 201)
 
@@ -278,7 +326,7 @@ class CaxtonAPI:
     @app.route("/api/v1/agents/<name>", methods=["PUT"])
     async def update_agent(self, request: Any, name: str) -> bytes:
         cell = self._cell(name)
-        wasm, given = self._deploy_parts(request, require_wasm=False)
+        wasm, given = await self._deploy_parts(request, require_wasm=False)
         given.pop("name", None)
         spec = None
         if given:
@@ -286,12 +334,12 @@ class CaxtonAPI:
             spec.update(given)
         if wasm is None and spec is None:
             raise InvalidRequest("an update needs a new module ('wasm') or spec fields")
-        cell = await self._agents.update(name, wasm, spec)
+        cell = await _detached(self._agents.update(name, wasm, spec))
         return self._json(request, cell.view(self._agents.node_id))
 
     @app.route("/api/v1/agents/<name>", methods=["DELETE"])
     async def remove_agent(self, request: Any, name: str) -> bytes:
-        await self._agents.remove(name)
+        await _detached(self._agents.remove(name))
         request.setResponseCode(204)
         return b""
 
@@ -330,7 +378,7 @@ class CaxtonAPI:
         if protocol is None:
             raise InvalidMessage("invoke sends request, query-if or query-ref")
         body["protocol"] = protocol
-        body.setdefault("sender", f"{CLIENT_PREFIX}invoke-{new_id()[:12]}")
+        body.setdefault("sender", f"{CLIENT_PREFIX}invoke-{new_id()}")
         body["receiver"] = name
         body["reply_with"] = new_id()
         body["reply_by"] = (
@@ -340,7 +388,11 @@ class CaxtonAPI:
         conversation_id = message.conversation_id or new_id()
         message = message.evolve(conversation_id=conversation_id)
         reply = self._router.expect_reply(message.sender, conversation_id)
-        accepted = self._router.send(message)
+        try:
+            accepted = self._router.send(message)
+        except Exception:
+            _discard(reply)
+            raise
         # The node answers TIMEOUT at reply_by; the extra second only
         # guards against a reply that can never come.
         replied, answer = await self._wait(reply, seconds + 1.0, request)

@@ -45,13 +45,26 @@ class CappedRequest(Request):
     _received = 0
     _refused = False
 
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        # The API parses multipart bodies itself, off the reactor thread and
+        # for PUT as well as POST; Twisted would parse every POST form into
+        # request.args on the reactor thread first.
+        kwargs["parsePOSTFormSubmission"] = False
+        super().__init__(channel, *args, **kwargs)
+
     def gotLength(self, length: Optional[int]) -> None:
+        """
+        Refuse a declared length over the cap before reading the body.
+        """
         if length is not None and length > self.max_body:
             self._refuse()
             length = 0
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
+        """
+        Keep a chunk, or refuse the request once the body passes the cap.
+        """
         if self._refused:
             return
         self._received += len(data)
@@ -61,6 +74,9 @@ class CappedRequest(Request):
         super().handleContentChunk(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """
+        Process the request, unless it was already refused.
+        """
         if not self._refused:
             super().requestReceived(command, path, version)
 
