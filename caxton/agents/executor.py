@@ -64,12 +64,18 @@ class ThreadWorkers:
         self._threads: List[threading.Thread] = []
 
     def start(self) -> None:
+        """
+        Start the threads.
+        """
         for i in range(self._count):
             thread = threading.Thread(target=self._work, name=f"caxton-agent-{i}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
     def schedule(self, work: Callable[[], Any], done: Callable[[Any], None], error: Callable[[Failure], None]) -> None:
+        """
+        Queue C{work} for the next free thread.
+        """
         self._jobs.put((work, done, error))
 
     def _work(self) -> None:
@@ -87,6 +93,9 @@ class ThreadWorkers:
                 callFromThread(done, result)
 
     def stop(self) -> Deferred:
+        """
+        Let queued work run, end the threads; fires once they are gone.
+        """
         threads, self._threads = self._threads, []
         for _ in threads:
             self._jobs.put(None)
@@ -108,13 +117,21 @@ class InlineWorkers:
         self.pending: Deque[_Job] = deque()
 
     def start(self) -> None:
-        pass
+        """
+        Nothing to start.
+        """
 
     def stop(self) -> Deferred:
+        """
+        Run what is pending; fires at once.
+        """
         self.pump()
         return succeed(None)
 
     def schedule(self, work: Callable[[], Any], done: Callable[[Any], None], error: Callable[[Failure], None]) -> None:
+        """
+        Keep C{work} until L{pump}.
+        """
         self.pending.append((work, done, error))
 
     def pump(self, limit: int = 10_000) -> int:

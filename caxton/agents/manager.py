@@ -343,9 +343,15 @@ class AgentManager(Service):
         return self._cells.get(name)
 
     def __iter__(self) -> Iterable[AgentCell]:
+        """
+        The hosted agents, by name.
+        """
         return iter(sorted(self._cells.values(), key=lambda c: c.name))
 
     def __len__(self) -> int:
+        """
+        How many agents are hosted here.
+        """
         return len(self._cells)
 
     def offering(self, capability: str) -> List[AgentCell]:

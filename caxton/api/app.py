@@ -235,10 +235,16 @@ class CaxtonAPI:
 
     @app.route("/health", methods=["GET"])
     def health(self, request: Any) -> bytes:
+        """
+        Liveness: the node answers.
+        """
         return self._json(request, {"status": "ok"})
 
     @app.route("/ready", methods=["GET"])
     def ready(self, request: Any) -> bytes:
+        """
+        Readiness: state loaded and every listener up (503 until then).
+        """
         ready = self._ready()
         return self._json(request, {"ready": ready}, 200 if ready else 503)
 
@@ -281,6 +287,9 @@ class CaxtonAPI:
 
     @app.route("/api/v1/agents", methods=["POST"])
     async def deploy(self, request: Any) -> bytes:
+        """
+        Deploy an agent (JSON with base64, or multipart); 201 with its view.
+        """
         wasm, spec = await self._deploy_parts(request, require_wasm=True)
         name = spec.pop("name", None)
         cell = await _detached(self._agents.deploy(name, wasm, spec))
@@ -289,6 +298,9 @@ class CaxtonAPI:
 
     @app.route("/api/v1/agents", methods=["GET"])
     def list_agents(self, request: Any) -> bytes:
+        """
+        The agents, filtered by capability, status and node, paged by name.
+        """
         capability = _arg(request, "capability")
         status = _arg(request, "status")
         node = _arg(request, "node")
@@ -321,10 +333,16 @@ class CaxtonAPI:
 
     @app.route("/api/v1/agents/<name>", methods=["GET"])
     def show_agent(self, request: Any, name: str) -> bytes:
+        """
+        One agent: limits, usage, counters.
+        """
         return self._json(request, self._cell(name).view(self._agents.node_id))
 
     @app.route("/api/v1/agents/<name>", methods=["PUT"])
     async def update_agent(self, request: Any, name: str) -> bytes:
+        """
+        A new module and/or spec fields; the version goes up by one.
+        """
         cell = self._cell(name)
         wasm, given = await self._deploy_parts(request, require_wasm=False)
         given.pop("name", None)
@@ -339,17 +357,26 @@ class CaxtonAPI:
 
     @app.route("/api/v1/agents/<name>", methods=["DELETE"])
     async def remove_agent(self, request: Any, name: str) -> bytes:
+        """
+        Remove an agent; 204.
+        """
         await _detached(self._agents.remove(name))
         request.setResponseCode(204)
         return b""
 
     @app.route("/api/v1/agents/<name>/stop", methods=["POST"])
     async def stop_agent(self, request: Any, name: str) -> bytes:
+        """
+        Stop an agent; its messages wait.
+        """
         cell = await self._agents.stop(name)
         return self._json(request, cell.view(self._agents.node_id))
 
     @app.route("/api/v1/agents/<name>/start", methods=["POST"])
     async def start_agent(self, request: Any, name: str) -> bytes:
+        """
+        Start a stopped or failed agent.
+        """
         cell = await self._agents.start(name)
         return self._json(request, cell.view(self._agents.node_id))
 
@@ -411,6 +438,9 @@ class CaxtonAPI:
 
     @app.route("/api/v1/messages", methods=["POST"])
     def send_message(self, request: Any) -> bytes:
+        """
+        Accept a message from a client; 202 with its ids.
+        """
         message = parse_message(self._body(request, InvalidMessage))
         accepted = self._router.send(message)
         return self._json(
@@ -421,6 +451,9 @@ class CaxtonAPI:
 
     @app.route("/api/v1/conversations", methods=["GET"])
     async def list_conversations(self, request: Any) -> bytes:
+        """
+        Conversations, most recently active first.
+        """
         limit = _int_arg(request, "limit", 100, 1, 1000)
         before_raw = _arg(request, "before")
         try:
@@ -473,6 +506,9 @@ class CaxtonAPI:
 
     @app.route("/api/v1/mailboxes/<client>", methods=["GET"])
     async def mailbox(self, request: Any, client: str) -> bytes:
+        """
+        A client's mailbox after C{after}, long-polled with C{wait}.
+        """
         if not client.startswith(CLIENT_PREFIX):
             raise InvalidRequest("mailboxes belong to client names such as 'client:alice'")
         after = _int_arg(request, "after", 0)
@@ -496,6 +532,9 @@ class CaxtonAPI:
 
     @app.route("/api/v1/dead-letters", methods=["GET"])
     async def dead_letters(self, request: Any) -> bytes:
+        """
+        Messages that ended in failure, newest first.
+        """
         limit = _int_arg(request, "limit", 100, 1, 1000)
         before = _int_arg(request, "before", None, 1)
         letters = await self._store.list_dead_letters(limit, before)

@@ -153,12 +153,18 @@ class Router:
         return accepted
 
     def agent_sent(self, agent: str, message: ACLMessage) -> None:
+        """
+        Route what an agent sent, as the agent.
+        """
         if message.receiver is None:
             self.agent_refused(agent, "reply: the message being handled has no sender to reply to", None)
             return
         self._route(self._accept(message))
 
     def agent_refused(self, agent: str, reason: str, handling: Optional[ACLMessage] = None) -> None:
+        """
+        Answer an agent's malformed send with C{not-understood}.
+        """
         self.counters["not_understood"] += 1
         if handling is not None and handling.sender == NODE and handling.performative == "not-understood":
             # Answering a not-understood about a malformed message with
@@ -173,6 +179,9 @@ class Router:
         )
 
     def delivery_failed(self, message: ACLMessage, receiver: str, reason: str, detail: str) -> None:
+        """
+        Tell the sender of C{message} it failed at C{receiver}, and record it.
+        """
         self._fail(message, receiver, reason, detail)
 
     def redeliver(self, name: str, body: Dict[str, Any]) -> None:
@@ -365,6 +374,9 @@ class Router:
     # Protocol deadlines -------------------------------------------------------
 
     def _schedule_deadline(self) -> None:
+        if not self.accepting:
+            # Stopped: the store is closing, and no one waits for answers.
+            return
         when = self._tracker.next_deadline()
         if when == self._deadline_at:
             return
