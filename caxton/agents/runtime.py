@@ -203,10 +203,10 @@ def _host_send(ptr: int, length: int) -> int:
     call = _current()
     if call is None:
         return SendError.NO_MESSAGE
-    if call.sends >= call.limits.max_sends or call.sent_bytes + length > SEND_BUDGET:
-        return SendError.SEND_LIMIT
     if length > call.limits.max_message:
         return SendError.TOO_LARGE
+    if call.sends >= call.limits.max_sends or call.sent_bytes + length > SEND_BUDGET:
+        return SendError.SEND_LIMIT
     raw = _read(call, ptr, length)
     if raw is None:
         return SendError.BAD_POINTER

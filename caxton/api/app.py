@@ -207,7 +207,7 @@ class CaxtonAPI:
 
     def _wait_arg(self, request: Any) -> float:
         raw = _arg(request, "wait")
-        if raw is None:
+        if raw is None or raw.strip().rstrip("msh").strip() in ("0", "0.0"):
             return 0.0
         try:
             seconds = parse_duration(raw)
