@@ -149,7 +149,7 @@ class HostCall:
 
     agent: str
     limits: Limits
-    control: _fastcall.StoreControl
+    control: Optional[_fastcall.StoreControl]
     current: Optional[ACLMessage] = None
     sent: List[ACLMessage] = attr.ib(factory=list)
     sent_bytes: int = 0
@@ -203,20 +203,40 @@ def _host_send(ptr: int, length: int) -> int:
     call = _current()
     if call is None:
         return SendError.NO_MESSAGE
+    refused = check_send(call, length)
+    if refused is not None:
+        return refused
+    raw = _read(call, ptr, length)
+    if raw is None:
+        return SendError.BAD_POINTER
+    return accept_send(call, raw)
+
+
+def check_send(call: HostCall, length: int) -> Optional[SendError]:
+    """
+    Whether C{send} of C{length} bytes is refused before reading it: the
+    message size (first: a message too large is TOO_LARGE whatever the
+    budget), then the send limit and the send budget.
+    """
     if length > call.limits.max_message:
         return SendError.TOO_LARGE
     if call.sends >= call.limits.max_sends or call.sent_bytes + length > SEND_BUDGET:
         return SendError.SEND_LIMIT
-    raw = _read(call, ptr, length)
-    if raw is None:
-        return SendError.BAD_POINTER
+    return None
+
+
+def accept_send(call: HostCall, raw: bytes) -> int:
+    """
+    Take a whole ACL message the guest sends (its JSON, already within
+    L{check_send}'s limits), with the caller as its sender.
+    """
     try:
         message = decode_message(raw)
     except InvalidMessage as e:
         call.refused.append(f"send: {e}")
         return SendError.INVALID_MESSAGE
     call.sends += 1
-    call.sent_bytes += length
+    call.sent_bytes += len(raw)
     call.sent.append(message.evolve(sender=call.agent, message_id=None))
     return SendError.OK
 
@@ -225,14 +245,35 @@ def _host_reply(perf_ptr: int, perf_len: int, content_ptr: int, content_len: int
     call = _current()
     if call is None or call.current is None:
         return SendError.NO_MESSAGE
-    if call.sends >= call.limits.max_sends or call.sent_bytes + content_len > SEND_BUDGET:
-        return SendError.SEND_LIMIT
-    if content_len > call.limits.max_message or perf_len > 64:
-        return SendError.TOO_LARGE
+    refused = check_reply(call, perf_len, content_len)
+    if refused is not None:
+        return refused
     performative = _read(call, perf_ptr, perf_len)
     content = _read(call, content_ptr, content_len)
     if performative is None or content is None:
         return SendError.BAD_POINTER
+    return accept_reply(call, performative, content)
+
+
+def check_reply(call: HostCall, perf_len: int, content_len: int) -> Optional[SendError]:
+    """
+    Whether C{reply} is refused before reading its arguments.
+    """
+    if call.current is None:
+        return SendError.NO_MESSAGE
+    if call.sends >= call.limits.max_sends or call.sent_bytes + content_len > SEND_BUDGET:
+        return SendError.SEND_LIMIT
+    if content_len > call.limits.max_message or perf_len > 64:
+        return SendError.TOO_LARGE
+    return None
+
+
+def accept_reply(call: HostCall, performative: bytes, content: bytes) -> int:
+    """
+    Answer the message being handled (L{check_reply} passed) with this
+    performative and JSON content (empty for none).
+    """
+    assert call.current is not None
     try:
         text = performative.decode("utf-8").lower()
         if text not in PERFORMATIVES:
@@ -242,7 +283,7 @@ def _host_reply(perf_ptr: int, perf_len: int, content_ptr: int, content_len: int
         call.refused.append(f"reply: {e}")
         return SendError.INVALID_MESSAGE
     call.sends += 1
-    call.sent_bytes += content_len
+    call.sent_bytes += len(content)
     call.sent.append(make_reply(call.current, text, value, call.agent))
     return SendError.OK
 
@@ -252,8 +293,17 @@ def _host_log(level: int, ptr: int, length: int) -> None:
     if call is None:
         return
     raw = _read(call, ptr, min(length, MAX_LOG_LINE))
-    if raw is not None and len(call.logs) < call.limits.max_sends:
-        call.logs.append(LogLine(level, raw.decode("utf-8", "replace")))
+    if raw is not None:
+        accept_log(call, level, raw)
+
+
+def accept_log(call: HostCall, level: int, raw: bytes) -> None:
+    """
+    Keep a line the guest logged, cut to L{MAX_LOG_LINE} bytes; a call keeps
+    at most C{max_sends} lines.
+    """
+    if len(call.logs) < call.limits.max_sends:
+        call.logs.append(LogLine(level, raw[:MAX_LOG_LINE].decode("utf-8", "replace")))
 
 
 def _host_now_ms() -> int:
@@ -336,9 +386,18 @@ class WasmRuntime:
         # lets thousands of them share one process (notes/agents.md, 6).
         config.memory_reservation = 64 * 1024 * 1024
         config.memory_guard_size = 64 * 1024
+        # Components (caxton.agents.components) share the engine and these
+        # settings; componentize-py's output needs none of the proposals
+        # turned off above.
+        config.wasm_component_model = True
         self.engine = wasmtime.Engine(config)
         self.fast = fast
-        self._cache_dir = cache_dir
+        self.cache_dir = cache_dir
+        #: How many compiles were served by the artifact cache on disk, and
+        #: how many compiled afresh (modules and components).
+        self.artifacts_loaded = 0
+        self.artifacts_compiled = 0
+        self._component_linker: Any = None
         self._modules: dict[str, CompiledModule] = {}
         self._lock = threading.Lock()
         self._linker = wasmtime.Linker(self.engine)
@@ -387,46 +446,80 @@ class WasmRuntime:
 
     # Compiling ----------------------------------------------------------
 
-    def _artifact_path(self, digest: str) -> Optional[str]:
-        if self._cache_dir is None:
+    def _artifact_path(self, digest: str, kind: str = "module") -> Optional[str]:
+        """
+        Where the compiled artifact of a module (or component) goes: keyed
+        by its hash, the wasmtime version and the engine's settings.
+        """
+        if self.cache_dir is None:
             return None
         engine_key = hashlib.sha256(
             f"wasmtime-{_WASMTIME_VERSION}-fuel-epoch-64MiB-abi{ABI_VERSION}".encode()
         ).hexdigest()[:16]
-        return os.path.join(self._cache_dir, f"{digest}-{engine_key}.cwasm")
+        suffix = "" if kind == "module" else f".{kind}"
+        return os.path.join(self.cache_dir, f"{digest}-{engine_key}{suffix}.cwasm")
+
+    def _load_artifact(self, path: Optional[str], load: Callable[[bytes], Any]) -> Any:
+        if path is None or not os.path.exists(path):
+            return None
+        # Read, don't map: deserialize_file mmaps the artifact, and a
+        # file changed under the mapping would crash the process.
+        try:
+            with open(path, "rb") as f:
+                loaded = load(f.read())
+        except (OSError, wasmtime.WasmtimeError):
+            log.warn("compiled artifact {path} is unusable; recompiling", path=path)
+            return None
+        self.artifacts_loaded += 1
+        return loaded
 
     def _load_or_compile(self, wasm: bytes, digest: str) -> wasmtime.Module:
         path = self._artifact_path(digest)
-        if path is not None and os.path.exists(path):
-            # Read, don't map: deserialize_file mmaps the artifact, and a
-            # file changed under the mapping would crash the process.
-            try:
-                with open(path, "rb") as f:
-                    return wasmtime.Module.deserialize(self.engine, f.read())
-            except (OSError, wasmtime.WasmtimeError):
-                log.warn("compiled artifact {path} is unusable; recompiling", path=path)
+        module = self._load_artifact(path, lambda data: wasmtime.Module.deserialize(self.engine, data))
+        if module is not None:
+            return module
         try:
             module = wasmtime.Module(self.engine, wasm)
         except wasmtime.WasmtimeError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid module"
             raise InvalidWasm(f"module does not compile: {first}")
+        self.artifacts_compiled += 1
         if path is not None:
             self._save_artifact(module, path)
         return module
 
-    def _save_artifact(self, module: wasmtime.Module, path: str) -> None:
+    def _compile_component(self, wasm: bytes, digest: str) -> Any:
+        from caxton.agents import components
+
+        path = self._artifact_path(digest, "component")
+        component = self._load_artifact(
+            path, lambda data: components.deserialize_component(self.engine, data)
+        )
+        if component is None:
+            component = components.compile_component(self.engine, wasm)
+            self.artifacts_compiled += 1
+            if path is not None:
+                self._save_artifact(component, path)
+        components.validate_component(self.engine, component)
+        return components.CompiledComponent(digest, component)
+
+    def _save_artifact(self, module: Any, path: str) -> None:
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            partial = f"{path}.{threading.get_ident()}.tmp"
+            partial = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
             with open(partial, "wb") as f:
                 f.write(module.serialize())
             os.replace(partial, path)
         except OSError as e:
             log.warn("cannot cache compiled module at {path}: {error}", path=path, error=e)
 
-    def compile(self, wasm: bytes) -> CompiledModule:
+    def compile(self, wasm: bytes) -> Any:
         """
-        Validate and compile a module, or fetch it from the cache.  Blocking.
+        Validate and compile a core module (a L{CompiledModule}) or a
+        component (a L{caxton.agents.components.CompiledComponent}), or
+        fetch it from the caches.  Blocking: a component built from an
+        interpreter takes tens of seconds to compile the first time, and
+        under a second from the artifact cache on disk.
 
         @raise InvalidWasm: when it does not compile or does not fit the ABI.
         """
@@ -437,11 +530,17 @@ class WasmRuntime:
             cached = self._modules.get(digest)
         if cached is not None:
             return cached
-        module = self._load_or_compile(wasm, digest)
-        has_init = validate(module)
-        compiled = CompiledModule(
-            digest, module, self._linker.instantiate_pre(module), has_init
-        )
+        from caxton.agents import components
+
+        compiled: Any
+        if components.is_component(wasm):
+            compiled = self._compile_component(wasm, digest)
+        else:
+            module = self._load_or_compile(wasm, digest)
+            has_init = validate(module)
+            compiled = CompiledModule(
+                digest, module, self._linker.instantiate_pre(module), has_init
+            )
         with self._lock:
             self._modules[digest] = compiled
         return compiled
@@ -453,13 +552,24 @@ class WasmRuntime:
         with self._lock:
             self._modules.pop(digest, None)
 
-    def instantiate(self, compiled: CompiledModule, agent: str, limits: Limits) -> "AgentInstance":
+    def instantiate(self, compiled: Any, agent: str, limits: Limits) -> Any:
         """
-        A fresh instance of C{compiled}, in a Store of its own.  Blocking.
+        A fresh instance of C{compiled}, in a Store of its own: an
+        L{AgentInstance} for a core module, a
+        L{caxton.agents.components.ComponentInstance} (which is used the
+        same way) for a component.  Blocking.
 
         @raise InvalidWasm: if it cannot be instantiated within C{limits}
             (a memory minimum above the cap, a start function that traps).
         """
+        if not isinstance(compiled, CompiledModule):
+            from caxton.agents import components
+
+            with self._lock:
+                if self._component_linker is None:
+                    self._component_linker = components.make_linker(self.engine)
+                linker = self._component_linker
+            return components.instantiate(self.engine, linker, compiled, agent, limits)
         store = wasmtime.Store(self.engine)
         store.set_limits(
             memory_size=limits.memory,
@@ -548,6 +658,13 @@ class AgentInstance:
     handle: Callable[..., int]
     init: Optional[Callable[..., int]]
     module_hash: str
+    kind: str = "module"
+
+    def memory_bytes(self) -> int:
+        """
+        The instance's linear memory in bytes, now.
+        """
+        return self.control.memory()[1]
 
     def run_init(self, config: bytes) -> Outcome:
         """
