@@ -457,7 +457,7 @@ class AgentManager(Service):
             if outcome.trapped:
                 cell.instance = None
                 return _BatchResult(outcomes, batch[i + 1 :], 0, generation)
-        memory = cell.instance.memory.data_len(cell.instance.store) if cell.instance else 0
+        memory = cell.instance.memory_bytes() if cell.instance else 0
         return _BatchResult(outcomes, [], memory, generation)
 
     def _take_pending(self, cell: AgentCell, generation: int) -> Optional[AgentInstance]:
@@ -485,7 +485,7 @@ class AgentManager(Service):
             return None, Outcome(False, True, str(e), "instantiate", (), (), (), 0.0)
         outcome = instance.run_init(_config_bytes(spec))
         if not outcome.ok:
-            failed = attr.evolve(outcome, trapped=True, detail=f"caxton_init failed: {outcome.detail}")
+            failed = attr.evolve(outcome, trapped=True, detail=f"init failed: {outcome.detail}")
             return None, failed
         return instance, outcome
 
