@@ -603,3 +603,27 @@ class ReviewRegressionTests(RouterTestCase):
         self.successResultOf(Deferred.fromCoroutine(self.agents.start("echo")))
         self.node.pump()
         self.assertEqual([m["content"]["content"] for m in self.mailbox()], [0, 1, 2])
+
+
+class SlicedReportTests(RouterTestCase):
+    """
+    A flood of sends is routed over several reactor turns.
+    """
+
+    def test_flood_routed_in_slices(self) -> None:
+        """
+        The 1,000 messages a handler sent are routed at most REPORT_SLICE per
+        reactor turn, in order; the agent stays busy (its next batch waits)
+        until all are routed.
+        """
+        from caxton.agents.manager import REPORT_SLICE
+
+        self.deploy("flood", agent("flood.wat"))
+        self.router.send(ACLMessage("request", sender="client:alice", receiver=("flood",)))
+        self.node.workers.pump()
+        self.assertEqual(len(self.mailbox("client:sink")), REPORT_SLICE)
+        self.assertTrue(self.agents.get("flood").busy)
+        self.node.pump()
+        sink = self.mailbox("client:sink")
+        self.assertEqual(len(sink), 1000)
+        self.assertFalse(self.agents.get("flood").busy)

@@ -49,7 +49,6 @@ from caxton.agents.runtime import (
     HostCall,
     InvalidWasm,
     Limits,
-    LogLine,
     Outcome,
     SendError,
 )

@@ -67,6 +67,11 @@ BATCH = 64
 BATCH_TIME = 0.05
 BATCH_SENDS = 1000
 
+#: Messages an agent sent that the reactor routes in one turn; the rest of
+#: a batch's output waits for the next turn, so a flood never holds the
+#: reactor (and the timers and API behind it) for long.
+REPORT_SLICE = 100
+
 _LOG_LEVELS = {0: "debug", 1: "info", 2: "warn", 3: "error"}
 
 
@@ -496,42 +501,77 @@ class AgentManager(Service):
         """
         return self._cells.get(cell.name) is cell
 
-    def _report(
-        self, cell: AgentCell, message: Optional[ACLMessage], outcome: Outcome, generation: int
-    ) -> None:
+    def _report_some(
+        self, cell: AgentCell, pending: Deque[Tuple[Optional[ACLMessage], Outcome, int]], generation: int
+    ) -> bool:
         """
-        Pass on what one guest call did: its log lines, what it sent, and
-        for a failed message the failure its sender must hear.  Traps count
-        against the agent only if they happened on its current version.
+        Pass on what guest calls did, at most L{REPORT_SLICE} sent messages
+        at a time: their log lines, what they sent, and for a failed message
+        the failure its sender must hear.  Traps count against the agent
+        only if they happened on its current version.
+
+        @param pending: C{(message, outcome, sent so far)} still to report,
+            oldest first; consumed as reported.
+        @return: whether everything was reported.
         """
-        for line in outcome.logs:
-            log.emit(_log_level(line.level), "agent {agent}: {text}", agent=cell.name, text=line.text)
+        budget = REPORT_SLICE
         sink = self.sink
-        if sink is not None:
-            for sent in outcome.sent:
-                sink.agent_sent(cell.name, sent)
-            for reason in outcome.refused:
-                sink.agent_refused(cell.name, reason, message)
-        if message is None:
-            return
-        if outcome.ok:
-            cell.handled += 1
-            return
-        cell.failed += 1
-        cell.last_error = outcome.detail
-        if sink is not None:
-            sink.delivery_failed(message, cell.name, "AGENT_FAILED", outcome.detail)
-        if outcome.trapped and generation == cell.generation and self._current(cell):
-            self._trapped(cell, outcome)
+        while pending and budget > 0:
+            message, outcome, offset = pending[0]
+            if offset == 0:
+                for line in outcome.logs:
+                    log.emit(_log_level(line.level), "agent {agent}: {text}", agent=cell.name, text=line.text)
+            chunk = outcome.sent[offset : offset + budget]
+            if sink is not None:
+                for sent in chunk:
+                    sink.agent_sent(cell.name, sent)
+            budget -= len(chunk)
+            if offset + len(chunk) < len(outcome.sent):
+                pending[0] = (message, outcome, offset + len(chunk))
+                break
+            pending.popleft()
+            budget -= 1
+            if sink is not None:
+                for reason in outcome.refused:
+                    sink.agent_refused(cell.name, reason, message)
+            if message is None:
+                continue
+            if outcome.ok:
+                cell.handled += 1
+                continue
+            cell.failed += 1
+            cell.last_error = outcome.detail
+            if sink is not None:
+                sink.delivery_failed(message, cell.name, "AGENT_FAILED", outcome.detail)
+            if outcome.trapped and generation == cell.generation and self._current(cell):
+                self._trapped(cell, outcome)
+        return not pending
+
+    def _report(self, cell: AgentCell, message: Optional[ACLMessage], outcome: Outcome, generation: int) -> None:
+        """
+        Pass on all of one guest call's outcome now (deploy's and update's
+        init, which send little).
+        """
+        pending: Deque[Tuple[Optional[ACLMessage], Outcome, int]] = deque([(message, outcome, 0)])
+        while not self._report_some(cell, pending, generation):
+            pass
 
     def _batch_done(self, cell: AgentCell, result: _BatchResult) -> None:
         cell.inbox.extendleft(reversed(result.leftover))
         if result.memory_bytes:
             cell.memory_bytes = result.memory_bytes
-        # Still busy while reporting: an agent sending to itself queues the
-        # message rather than starting a batch before its traps are counted.
-        for message, outcome in result.outcomes:
-            self._report(cell, message, outcome, result.generation)
+        pending = deque((message, outcome, 0) for message, outcome in result.outcomes)
+        self._report_rest(cell, pending, result.generation)
+
+    def _report_rest(
+        self, cell: AgentCell, pending: Deque[Tuple[Optional[ACLMessage], Outcome, int]], generation: int
+    ) -> None:
+        # The agent stays busy while its outcomes are reported, over as many
+        # reactor turns as it takes: what it sends to itself queues behind,
+        # and its traps are counted before its next batch starts.
+        if not self._report_some(cell, pending, generation):
+            self._reactor.callLater(0, self._report_rest, cell, pending, generation)
+            return
         cell.busy = False
         if not self._current(cell):
             self._drop_inbox(cell, "AGENT_NOT_FOUND", f"agent {cell.name!r} was removed")
