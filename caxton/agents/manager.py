@@ -283,7 +283,9 @@ class AgentCell:
 class _BatchResult:
     outcomes: List[Tuple[Optional[ACLMessage], Outcome]]
     leftover: List[Tuple[ACLMessage, bytes]]
-    memory_bytes: int
+    #: The instance's memory after the batch; None when no instance is left
+    #: to measure (it trapped, or the batch stopped early).
+    memory_bytes: Optional[int]
     generation: int
 
 
@@ -434,11 +436,11 @@ class AgentManager(Service):
                 # Shutting down, stopped, removed or updated: what has not
                 # started goes back to the reactor, to keep, fail or run
                 # on the new version.
-                return _BatchResult(outcomes, batch[i:], 0, generation)
+                return _BatchResult(outcomes, batch[i:], None, generation)
             if i and (spent > BATCH_TIME or sent > BATCH_SENDS):
                 # Let other agents have this worker, and let the reactor
                 # route what this batch sent before it grows further.
-                return _BatchResult(outcomes, batch[i:], 0, generation)
+                return _BatchResult(outcomes, batch[i:], None, generation)
             try:
                 if cell.instance is None or cell.instance_generation != generation:
                     cell.instance = None
@@ -447,7 +449,7 @@ class AgentManager(Service):
                         started, init = self._fresh_instance(cell.name, compiled, spec)
                         if started is None:
                             outcomes.append((message, init))
-                            return _BatchResult(outcomes, batch[i + 1 :], 0, generation)
+                            return _BatchResult(outcomes, batch[i + 1 :], None, generation)
                         outcomes.append((None, init))
                     cell.instance, cell.instance_generation = started, generation
                 outcome = cell.instance.deliver(raw, message)
@@ -461,8 +463,8 @@ class AgentManager(Service):
             sent += len(outcome.sent)
             if outcome.trapped:
                 cell.instance = None
-                return _BatchResult(outcomes, batch[i + 1 :], 0, generation)
-        memory = cell.instance.memory_bytes() if cell.instance else 0
+                return _BatchResult(outcomes, batch[i + 1 :], None, generation)
+        memory = cell.instance.memory_bytes() if cell.instance else None
         return _BatchResult(outcomes, [], memory, generation)
 
     def _take_pending(self, cell: AgentCell, generation: int) -> Optional[AgentInstance]:
@@ -558,7 +560,7 @@ class AgentManager(Service):
 
     def _batch_done(self, cell: AgentCell, result: _BatchResult) -> None:
         cell.inbox.extendleft(reversed(result.leftover))
-        if result.memory_bytes:
+        if result.memory_bytes is not None:
             cell.memory_bytes = result.memory_bytes
         pending = deque((message, outcome, 0) for message, outcome in result.outcomes)
         self._report_rest(cell, pending, result.generation)

@@ -489,6 +489,7 @@ class WasmRuntime:
         return module
 
     def _compile_component(self, wasm: bytes, digest: str) -> Any:
+        # Imported here: caxton.agents.components builds on this module.
         from caxton.agents import components
 
         path = self._artifact_path(digest, "component")
@@ -498,9 +499,13 @@ class WasmRuntime:
         if component is None:
             component = components.compile_component(self.engine, wasm)
             self.artifacts_compiled += 1
+            # Refused components are not cached: they would only fill the
+            # data dir (tens of MB each).
+            components.validate_component(self.engine, component)
             if path is not None:
                 self._save_artifact(component, path)
-        components.validate_component(self.engine, component)
+        else:
+            components.validate_component(self.engine, component)
         return components.CompiledComponent(digest, component)
 
     def _save_artifact(self, module: Any, path: str) -> None:
