@@ -60,7 +60,10 @@ class BenchNode:
         self.workers.start()
 
     async def stop(self) -> None:
+        # As the node's own shutdown does: let running batches finish and
+        # their output be routed before the store closes.
         self.router.stop()
+        await self.agents.drain(5.0)
         await self.workers.stop()
         self.runtime.stop()
         await self.store.close()
