@@ -373,3 +373,33 @@ class ComponentNodeTests(SynchronousTestCase):
         self.node.pump()
         failure = self.failureResultOf(d, InvalidWasm)
         self.assertIn("wasi:keyvalue/store@0.2.0-draft", str(failure.value))
+
+    def test_update_between_kinds(self) -> None:
+        """
+        Messages queued before and after updates from a WAT agent to a
+        Python component and back are all answered, in order, each by the
+        version current when it ran; the version goes 1, 2, 3.
+        """
+        silent = wat_module(testing_agent("silent.wat"))
+        self.deploy("shifty", silent)
+        for i in range(3):
+            self.router.send(ACLMessage("request", sender="client:alice", receiver=("shifty",), content=i))
+        self.node.pump()
+        self.assertEqual(self.mailbox(), [])
+        for i in range(3, 6):
+            self.router.send(ACLMessage("request", sender="client:alice", receiver=("shifty",), content=i))
+        update = Deferred.fromCoroutine(self.agents.update("shifty", echo(), None))
+        for i in range(6, 9):
+            self.router.send(ACLMessage("request", sender="client:alice", receiver=("shifty",), content=i))
+        self.node.pump()
+        self.assertEqual(self.successResultOf(update).version, 2)
+        answered = [m["content"]["content"] for m in self.mailbox()]
+        # 3-5 were already handed to the silent version when the update
+        # began; 6-8, queued behind it, run on the Python echo.
+        self.assertEqual(answered, [6, 7, 8])
+        update = Deferred.fromCoroutine(self.agents.update("shifty", wat_module(example("wat", "echo.wat")), None))
+        self.node.pump()
+        self.assertEqual(self.successResultOf(update).version, 3)
+        self.send(performative="request", receiver=("shifty",), content=9)
+        self.assertEqual(self.mailbox()[-1]["content"]["content"], 9)
+        self.assertEqual(self.node.agents.get("shifty").compiled.module_hash, self.node.agents.get("shifty").module_hash)
