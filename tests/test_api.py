@@ -393,3 +393,27 @@ class ReviewAPITests(APITestCase):
         for spec in (b'{"name": "x", "config": NaN}', b"[" * 100000):
             code, body = self.multipart("POST", "/api/v1/agents", {"wasm": wasm, "spec": spec})
             self.assertEqual((code, body["error"]["code"]), (400, "INVALID_REQUEST"))
+
+
+class DeployingTests(APITestCase):
+    """
+    A deploy in progress is visible.
+    """
+
+    def test_deploying_state(self) -> None:
+        """
+        While its instance is still starting, a deploy shows as deploying
+        in show and list; then as running.
+        """
+        body = json.dumps({"name": "slow", "wasm": b64(wat_module(example("wat", "echo.wat")))}).encode()
+        d = self.http.request("POST", BASE + "/api/v1/agents", data=body)
+        self.http.flush()
+        self.assertNoResult(d)
+        shown = json.loads(self.successResultOf(self.successResultOf(self.http.get(BASE + "/api/v1/agents/slow")).content()))
+        self.assertEqual(shown["status"], "deploying")
+        listed = json.loads(self.successResultOf(self.successResultOf(self.http.get(BASE + "/api/v1/agents?status=deploying")).content()))
+        self.assertEqual([a["name"] for a in listed["agents"]], ["slow"])
+        self.node.pump()
+        self.http.flush()
+        self.assertEqual(self.successResultOf(d).code, 201)
+        self.assertEqual(self.call("GET", "/api/v1/agents/slow")[1]["status"], "running")

@@ -55,6 +55,9 @@ log = Logger()
 #: hand back their batches.
 INTERRUPT_GRACE = 5.0
 
+#: Modules this large get progress lines in the log while they compile.
+SLOW_COMPILE_SIZE = 1024 * 1024
+
 #: Names the platform keeps for itself.
 RESERVED_NAMES = frozenset({"caxton"})
 
@@ -336,7 +339,7 @@ class AgentManager(Service):
         self._compile_in_thread = compile_in_thread
         self.sink: Optional[IMessageSink] = None
         self._cells: Dict[str, AgentCell] = {}
-        self._reserved: set[str] = set()
+        self._deploying: Dict[str, Dict[str, Any]] = {}
         self._draining = False
         self._capabilities: Dict[str, List[str]] = {}
         self._round_robin: Dict[str, int] = {}
@@ -651,11 +654,37 @@ class AgentManager(Service):
 
     # Lifecycle -------------------------------------------------------------
 
-    async def _compile(self, wasm: bytes) -> CompiledModule:
+    async def _compile(self, wasm: bytes, agent: str) -> CompiledModule:
+        """
+        Compile on the reactor's thread pool, logging progress when it is
+        slow (an interpreter inside a component takes tens of seconds).
+        """
         if not self._compile_in_thread:
             return self.runtime.compile(wasm)
+        started = self._reactor.seconds()
+        if len(wasm) >= SLOW_COMPILE_SIZE:
+            log.info(
+                "compiling {size:.1f} MiB module for agent {agent}",
+                size=len(wasm) / 2**20,
+                agent=agent,
+            )
         pool = self._reactor.getThreadPool()
-        return await deferToThreadPool(self._reactor, pool, self.runtime.compile, wasm)
+        compiled = await deferToThreadPool(self._reactor, pool, self.runtime.compile, wasm)
+        elapsed = self._reactor.seconds() - started
+        if elapsed >= 1.0:
+            log.info(
+                "compiled module {module_hash} for agent {agent} in {seconds:.1f}s",
+                module_hash=compiled.module_hash,
+                agent=agent,
+                seconds=elapsed,
+            )
+        return compiled
+
+    def deploying(self) -> List[Dict[str, Any]]:
+        """
+        Views of the deploys in progress (compiling, starting), by name.
+        """
+        return [dict(self._deploying[name]) for name in sorted(self._deploying)]
 
     async def _try_start(self, name: str, compiled: CompiledModule, spec: AgentSpec) -> Tuple[AgentInstance, Outcome]:
         """
@@ -684,12 +713,18 @@ class AgentManager(Service):
         """
         name = check_name(name)
         spec = parse_spec(document, self.defaults)
-        if name in self._cells or name in self._reserved:
+        if name in self._cells or name in self._deploying:
             raise AgentAlreadyExists(f"an agent named {name!r} already exists")
-        self._reserved.add(name)
+        self._deploying[name] = {
+            "name": name,
+            "status": "deploying",
+            "node": self.node_id,
+            "since": self._reactor.seconds(),
+            "module": {"size": len(wasm)},
+        }
         compiled: Optional[CompiledModule] = None
         try:
-            compiled = await self._compile(wasm)
+            compiled = await self._compile(wasm, name)
             instance, init = await self._try_start(name, compiled, spec)
             await self._store.save_module(compiled.module_hash, wasm)
             now = self._reactor.seconds()
@@ -713,7 +748,7 @@ class AgentManager(Service):
                 self._release(compiled.module_hash)
             raise
         finally:
-            self._reserved.discard(name)
+            self._deploying.pop(name, None)
         self._add(cell)
         self._report(cell, None, init, cell.generation)
         log.info(
@@ -752,7 +787,7 @@ class AgentManager(Service):
         """
         cell = self._cell(name)
         spec = parse_spec(document, self.defaults) if document is not None else cell.spec
-        compiled = await self._compile(wasm) if wasm is not None else cell.compiled
+        compiled = await self._compile(wasm, name) if wasm is not None else cell.compiled
         if compiled is None:
             raise InvalidRequest(f"agent {name!r} has no usable module: update it with a new one")
         try:
@@ -869,7 +904,7 @@ class AgentManager(Service):
             try:
                 if wasm is None:
                     raise InvalidWasm(f"module {record.module_hash} is missing from the store")
-                compiled = await self._compile(wasm)
+                compiled = await self._compile(wasm, record.name)
             except InvalidWasm as e:
                 status, reason = "failed", f"cannot be restored: {e}"
             if status == "failed" and reason != record.reason:

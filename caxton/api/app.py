@@ -309,19 +309,21 @@ class CaxtonAPI:
         node_id = self._agents.node_id
         views = []
         more = False
-        for cell in self._agents:
+        hosted = [(cell.name, cell.status, cell.spec.capabilities, cell) for cell in self._agents]
+        starting = [(view["name"], "deploying", (), view) for view in self._agents.deploying()]
+        for name, state, capabilities, item in sorted(hosted + starting, key=lambda entry: entry[0]):
             if node is not None and node != node_id:
                 break
-            if cursor is not None and cell.name <= cursor:
+            if cursor is not None and name <= cursor:
                 continue
-            if capability is not None and capability not in cell.spec.capabilities:
+            if capability is not None and capability not in capabilities:
                 continue
-            if status is not None and cell.status != status:
+            if status is not None and state != status:
                 continue
             if len(views) == limit:
                 more = True
                 break
-            views.append(cell.view(node_id))
+            views.append(item if isinstance(item, dict) else item.view(node_id))
         next_cursor = views[-1]["name"] if more and views else None
         return self._json(request, {"agents": views, "next_cursor": next_cursor})
 
@@ -334,8 +336,12 @@ class CaxtonAPI:
     @app.route("/api/v1/agents/<name>", methods=["GET"])
     def show_agent(self, request: Any, name: str) -> bytes:
         """
-        One agent: limits, usage, counters.
+        One agent: limits, usage, counters; or, while its deploy is in
+        progress, status C{deploying} with the time it began.
         """
+        for view in self._agents.deploying():
+            if view["name"] == name:
+                return self._json(request, view)
         return self._json(request, self._cell(name).view(self._agents.node_id))
 
     @app.route("/api/v1/agents/<name>", methods=["PUT"])
