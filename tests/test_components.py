@@ -23,7 +23,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from caxton.acl.message import ACLMessage, encode_message, message_to_dict
 from caxton.agents import components
 from caxton.agents.runtime import InvalidWasm, Limits, WasmRuntime
-from caxton.testing import LocalNode
+from tests.localnode import LocalNodeTestCase
 from tests.wasmbuild import (
     componentize_py_available,
     example,
@@ -298,7 +298,7 @@ class ComponentRuntimeTests(SynchronousTestCase):
         self.assertTrue(instance.deliver(raw(message), message).ok)
 
 
-class ComponentNodeTests(SynchronousTestCase):
+class ComponentNodeTests(LocalNodeTestCase):
     """
     Python components in a whole node, next to WAT agents: the router, the
     manager and the store treat them alike.
@@ -307,27 +307,8 @@ class ComponentNodeTests(SynchronousTestCase):
     timeout = SLOW
 
     def setUp(self) -> None:
-        self.node = LocalNode(self.mktemp(), time.time())
+        super().setUp()
         self.node.runtime.cache_dir = ARTIFACTS
-        self.successResultOf(self.node.open())
-        self.addCleanup(lambda: self.successResultOf(self.node.store.close()))
-        self.router = self.node.router
-        self.agents = self.node.agents
-
-    def deploy(self, name: str, wasm: bytes, **spec: Any) -> Any:
-        d = Deferred.fromCoroutine(self.agents.deploy(name, wasm, spec))
-        self.node.pump()
-        return self.successResultOf(d)
-
-    def send(self, **fields: Any) -> ACLMessage:
-        fields.setdefault("sender", "client:alice")
-        message = self.router.send(ACLMessage(**fields))
-        self.node.pump()
-        return message
-
-    def mailbox(self, client: str = "client:alice") -> list:
-        items = self.successResultOf(self.node.store.read_mailbox(client, 0, 10_000))
-        return [item.message for item in items]
 
     def test_request_inform(self) -> None:
         """

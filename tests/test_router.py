@@ -6,20 +6,17 @@ threads and no sockets.
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, List
 
 import attr
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from caxton.acl.message import ACLMessage, CapabilityReceiver, InvalidMessage
 from caxton.agents.manager import IMessageSink
 from caxton.errors import AgentAlreadyExists, InvalidRequest
 from caxton.router.router import NODE
-from caxton.testing import LocalNode
+from tests.localnode import LocalNodeTestCase
 from tests.wasmbuild import example, testing_agent, wat_module
 
 
@@ -31,37 +28,7 @@ def agent(name: str) -> bytes:
     return wat_module(testing_agent(name))
 
 
-class RouterTestCase(SynchronousTestCase):
-    """
-    A L{LocalNode} per test, with helpers to deploy and to read mailboxes.
-    """
-
-    overrides: dict = {}
-
-    def setUp(self) -> None:
-        self.node = LocalNode(self.mktemp(), time.time(), **self.overrides)
-        self.successResultOf(self.node.open())
-        self.addCleanup(lambda: self.successResultOf(self.node.store.close()))
-        self.router = self.node.router
-        self.agents = self.node.agents
-
-    def deploy(self, name: str, wasm: bytes, **spec: Any) -> Any:
-        d = Deferred.fromCoroutine(self.agents.deploy(name, wasm, spec))
-        self.node.pump()
-        return self.successResultOf(d)
-
-    def send(self, **fields: Any) -> ACLMessage:
-        fields.setdefault("sender", "client:alice")
-        message = self.router.send(ACLMessage(**fields))
-        self.node.pump()
-        return message
-
-    def mailbox(self, client: str = "client:alice") -> List[dict]:
-        items = self.successResultOf(self.node.store.read_mailbox(client, 0, 10_000))
-        return [item.message for item in items]
-
-    def dead_letters(self) -> list:
-        return self.successResultOf(self.node.store.list_dead_letters(100, None))
+RouterTestCase = LocalNodeTestCase
 
 
 class DeliveryTests(RouterTestCase):
