@@ -88,6 +88,17 @@ class DetectionTests(SynchronousTestCase):
     building anything.
     """
 
+    def test_mistyped_host_import_refused(self) -> None:
+        """
+        A component importing a host function with the wrong type is
+        refused at compile (so at deploy) with INVALID_WASM naming it,
+        rather than failing, with a host exception, on every call.
+        """
+        runtime = WasmRuntime()
+        with self.assertRaises(InvalidWasm) as caught:
+            runtime.compile(wat_module(testing_agent("mistyped_host.wat")))
+        self.assertIn("caxton:agent/host@0.1.0#now-ms with the wrong type", str(caught.exception))
+
     def test_is_component(self) -> None:
         """
         A component's preamble has version 0x0d and layer 1; a core

@@ -41,6 +41,10 @@ import attr
 import wasmtime
 from wasmtime import component as wc
 
+# Private to wasmtime-py (pinned to one major in setup.cfg): where a host
+# function's exception waits, process-wide, to be re-raised.
+from wasmtime.component import _enter as _wasmtime_enter
+
 from caxton.acl.message import ACLMessage
 from caxton.agents import runtime as rt
 from caxton.agents.runtime import (
@@ -173,6 +177,38 @@ def _is_entry(ty: Any) -> bool:
     )
 
 
+#: The host functions' shapes, as the WIT writes them: parameter type
+#: names and result type name (None for no result).
+_HOST_SHAPES = {
+    "send": (("String",), "S32"),
+    "reply": (("String", "String"), "S32"),
+    "log": (("S32", "String"), None),
+    "now-ms": ((), "S64"),
+}
+
+
+def _check_host_types(engine: wasmtime.Engine, host: Any) -> None:
+    """
+    The component must import the host functions with exactly the WIT's
+    types: a mistyped import would make the host function raise on every
+    call (in wasmtime-py, through a process-global slot other agents'
+    traps could pick up).
+
+    @raise InvalidWasm: naming the mistyped or unknown function.
+    """
+    if not isinstance(host, wc.ComponentInstanceType):
+        raise InvalidWasm(f"imports {HOST_INTERFACE} as something other than an instance")
+    for name, item in host.exports(engine).items():
+        shape = _HOST_SHAPES.get(name)
+        if shape is None:
+            raise InvalidWasm(f"imports {HOST_INTERFACE}#{name}, which the host does not offer")
+        fty = item.ty
+        params = tuple(type(t).__name__ for _, t in getattr(fty, "params", ()))
+        result = getattr(fty, "result", None)
+        if not isinstance(fty, wc.FuncType) or (params, None if result is None else type(result).__name__) != shape:
+            raise InvalidWasm(f"imports {HOST_INTERFACE}#{name} with the wrong type")
+
+
 def validate_component(engine: wasmtime.Engine, component: wc.Component) -> None:
     """
     Check a compiled component against the agent world.
@@ -181,13 +217,16 @@ def validate_component(engine: wasmtime.Engine, component: wc.Component) -> None
         harmless parts of WASI, or the missing or mistyped export.
     """
     ty = component.type
-    for name in ty.imports(engine):
+    imports = ty.imports(engine)
+    for name in imports:
         if not import_allowed(name):
             raise InvalidWasm(
                 f"imports {name}, which is outside the agent ABI (allowed: "
                 f"{HOST_INTERFACE} and WASI 0.2's io, clocks, random, cli, "
                 "filesystem and sockets, with nothing opened)"
             )
+    if HOST_INTERFACE in imports:
+        _check_host_types(engine, imports[HOST_INTERFACE].ty)
     exports = ty.exports(engine)
     for name in ("handle", "init"):
         item = exports.get(name)
@@ -291,6 +330,14 @@ def _log(_store: Any, level: int, text: str) -> None:
 
 def _now_ms(_store: Any) -> int:
     return int(time.time() * 1000)
+
+
+def _forget_host_exception() -> None:
+    """
+    Clear wasmtime-py's process-global "last host exception", so that a
+    failure of one agent cannot surface later as another agent's trap.
+    """
+    _wasmtime_enter.LAST_EXCEPTION = None
 
 
 def make_linker(engine: wasmtime.Engine) -> wc.Linker:
@@ -423,7 +470,8 @@ def instantiate(
     store.set_wasi(_fresh_wasi(output))
     try:
         instance = linker.instantiate(store, compiled.component)
-    except wasmtime.WasmtimeError as e:
+    except Exception as e:
+        _forget_host_exception()
         raise InvalidWasm(f"cannot instantiate: {_first_line(e)}")
     handle = instance.get_func(store, "handle")
     init = instance.get_func(store, "init")
@@ -512,6 +560,13 @@ class ComponentInstance:
                 if kind != "trap"
                 else f"trapped: {_first_line(e)}"
             )
+        except Exception as e:
+            # A host function raised (it should not: imports are typed at
+            # deploy).  Fail this message as a trap; the instance is
+            # replaced, and the process-global slot is cleared.
+            _forget_host_exception()
+            ok, trapped, kind = False, True, "host-error"
+            detail = f"trapped: host function failed: {e}"
         finally:
             rt._local.call = None
             self.output.end()
