@@ -259,6 +259,20 @@ class ComponentRuntimeTests(SynchronousTestCase):
         self.assertEqual(outcome.trap, "interrupt")
         self.assertEqual(outcome.detail, "wall-clock limit of 0.2s exceeded")
 
+    def test_sleep_refused(self) -> None:
+        """
+        A component that sleeps (a wait inside the WASI host, where no
+        epoch can interrupt it) traps at once instead of holding its worker
+        past the wall-clock limit; the node replaces the monotonic clock's
+        subscribe functions with ones that refuse.
+        """
+        limits = Limits(memory=16 * 1024**2, fuel=10**12, wall_clock=1.0, max_message=256 * 1024, max_sends=10)
+        instance = self.instance(tester(), limits)
+        message = request({"do": "sleep", "s": 60})
+        outcome = instance.deliver(raw(message), message)
+        self.assertTrue(outcome.trapped)
+        self.assertIn("agents cannot sleep", outcome.detail)
+
     def test_fuel(self) -> None:
         """
         Fuel bounds a component's work per message as it does a module's.

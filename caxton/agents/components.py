@@ -153,6 +153,9 @@ def import_allowed(name: str) -> bool:
     if name == HOST_INTERFACE:
         return True
     base, version = _interface(name)
+    if base == "wasi:clocks/monotonic-clock":
+        # Only the versions whose waiting the node replaces (make_linker).
+        return version in _CLOCK_VERSIONS
     return base in WASI_ALLOWED and version.startswith("0.2.")
 
 
@@ -274,10 +277,17 @@ def trap_kind(error: Exception) -> str:
 
 
 def _first_line(error: Exception) -> str:
+    """
+    The line of a wasmtime error that says what happened: the trap, or
+    else the last "Caused by" line (a host function's message).
+    """
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     found = [line for line in lines if line.startswith("wasm trap:")]
     if found:
         return found[-1]
+    if "Caused by:" in lines:
+        cause = lines[-1]
+        return cause.split(":", 1)[1].strip() if cause[:1].isdigit() and ":" in cause else cause
     return lines[0] if lines else type(error).__name__
 
 
@@ -340,6 +350,28 @@ def _forget_host_exception() -> None:
     _wasmtime_enter.LAST_EXCEPTION = None
 
 
+#: The WASI 0.2 monotonic-clock versions the node defines itself, in place
+#: of wasmtime's: a guest that waits (sleep, a timed poll) would block its
+#: worker thread in the host, where the wall-clock limit cannot reach it.
+_CLOCK_VERSIONS = frozenset(f"0.2.{patch}" for patch in range(32))
+
+
+def _monotonic_now(_store: Any) -> int:
+    return time.monotonic_ns()
+
+
+def _monotonic_resolution(_store: Any) -> int:
+    return 1
+
+
+def _no_waiting(_store: Any, *_args: Any) -> None:
+    # A WasmtimeError becomes a trap directly, without wasmtime-py's
+    # process-global exception slot.
+    raise wasmtime.WasmtimeError(
+        "agents cannot sleep or wait for a time: handle the message and return"
+    )
+
+
 def make_linker(engine: wasmtime.Engine) -> wc.Linker:
     """
     The component linker every component instance is made with: WASI 0.2
@@ -347,6 +379,15 @@ def make_linker(engine: wasmtime.Engine) -> wc.Linker:
     """
     linker = wc.Linker(engine)
     linker.add_wasip2()
+    linker.allow_shadowing = True
+    for version in sorted(_CLOCK_VERSIONS):
+        with linker.root() as root:
+            with root.add_instance(f"wasi:clocks/monotonic-clock@{version}") as clock:
+                clock.add_func("now", _monotonic_now)
+                clock.add_func("resolution", _monotonic_resolution)
+                clock.add_func("subscribe-duration", _no_waiting)
+                clock.add_func("subscribe-instant", _no_waiting)
+    linker.allow_shadowing = False
     with linker.root() as root:
         with root.add_instance(HOST_INTERFACE) as host:
             host.add_func("send", _send)

@@ -4,6 +4,7 @@ content asks, to exercise the host interface and the sandbox.
 
 content {"do": ...}:
     "spin"    loop forever (stopped by fuel or the wall-clock limit)
+    "sleep"   time.sleep(content["s"]): the node refuses to let it wait
     "fail"    return err("not today"): fails just this message
     "crash"   raise an exception: componentize-py traps, with the traceback
               on stderr
@@ -20,6 +21,7 @@ content {"do": ...}:
 import json
 import os
 import sys
+import time
 
 import wit_world
 from componentize_py_types import Err
@@ -39,6 +41,8 @@ class WitWorld(wit_world.WitWorld):
         if what == "spin":
             while True:
                 pass
+        if what == "sleep":
+            time.sleep(content.get("s", 60))
         if what == "fail":
             raise Err("not today")
         if what == "crash":
