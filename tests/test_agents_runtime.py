@@ -352,3 +352,23 @@ class ResourceBoundTests(SynchronousTestCase):
         self.assertEqual(len(outcome.sent), 8)
         last = int.from_bytes(instance.memory.read(instance.store, 0, 4), "little", signed=True)
         self.assertEqual(last, SendError.SEND_LIMIT)
+
+
+class WorkerStopTests(TestCase):
+    """
+    Stopping the workers is bounded.
+    """
+
+    async def test_stuck_worker_does_not_block_stop(self) -> None:
+        """
+        A worker stuck in a call (here, waiting on an event) does not keep
+        stop() from firing once its timeout passes; the thread is left
+        behind (a daemon) and freed afterwards.
+        """
+        workers = ThreadWorkers(reactor, 1)
+        workers.start()
+        release = threading.Event()
+        self.addCleanup(release.set)
+        workers.schedule(release.wait, lambda _: None, lambda _: None)
+        await workers.stop(timeout=0.2)
+        self.assertFalse(release.is_set())

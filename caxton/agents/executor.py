@@ -15,13 +15,20 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from typing import Any, Callable, Deque, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
+
+#: How long stopping waits for the worker threads.
+STOP_TIMEOUT = 10.0
+
+log = Logger()
 
 _Job = Tuple[Callable[[], Any], Callable[[Any], None], Callable[[Failure], None]]
 
@@ -92,19 +99,29 @@ class ThreadWorkers:
             else:
                 callFromThread(done, result)
 
-    def stop(self) -> Deferred:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> Deferred:
         """
-        Let queued work run, end the threads; fires once they are gone.
+        Let queued work run, end the threads; fires once they are gone, or
+        after C{timeout} seconds with an error logged: a thread stuck in a
+        host call must not keep the node from exiting (they are daemons).
         """
         threads, self._threads = self._threads, []
         for _ in threads:
             self._jobs.put(None)
 
-        def join() -> None:
+        def join() -> List[str]:
+            deadline = time.monotonic() + timeout
             for thread in threads:
-                thread.join()
+                thread.join(max(0.0, deadline - time.monotonic()))
+            return [thread.name for thread in threads if thread.is_alive()]
 
-        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), join)
+        def report(stuck: List[str]) -> None:
+            if stuck:
+                log.error("worker threads {threads} did not stop; leaving them", threads=", ".join(stuck))
+
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), join)
+        d.addCallback(report)
+        return d
 
 
 @implementer(IWorkers)
