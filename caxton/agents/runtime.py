@@ -535,6 +535,7 @@ class WasmRuntime:
             cached = self._modules.get(digest)
         if cached is not None:
             return cached
+        # Imported here: caxton.agents.components builds on this module.
         from caxton.agents import components
 
         compiled: Any
