@@ -594,3 +594,38 @@ class SlicedReportTests(RouterTestCase):
         sink = self.mailbox("client:sink")
         self.assertEqual(len(sink), 1000)
         self.assertFalse(self.agents.get("flood").busy)
+
+
+class ModuleReleaseTests(RouterTestCase):
+    """
+    Modules no agent uses are forgotten, in memory, on disk and in SQLite.
+    """
+
+    def stored(self, module_hash: str) -> bool:
+        return self.successResultOf(self.node.store.load_module(module_hash)) is not None
+
+    def test_remove_and_update_release_modules(self) -> None:
+        """
+        A module stays while any agent uses it; removing the last user, or
+        updating it to another module, deletes it from the store and its
+        compiled artifact from the cache directory.
+        """
+        import os
+
+        cache = self.mktemp()
+        self.node.runtime.cache_dir = cache
+        first = self.deploy("a", echo())
+        self.deploy("b", echo())
+        digest = first.module_hash
+        self.assertTrue(self.stored(digest))
+        self.successResultOf(Deferred.fromCoroutine(self.agents.remove("a")))
+        self.assertTrue(self.stored(digest))
+        self.assertTrue(any(name.startswith(digest) for name in os.listdir(cache)))
+        d = Deferred.fromCoroutine(self.agents.update("b", agent("silent.wat"), None))
+        self.node.pump()
+        cell = self.successResultOf(d)
+        self.assertFalse(self.stored(digest))
+        self.assertFalse(any(name.startswith(digest) for name in os.listdir(cache)))
+        self.assertTrue(self.stored(cell.module_hash))
+        self.successResultOf(Deferred.fromCoroutine(self.agents.remove("b")))
+        self.assertFalse(self.stored(cell.module_hash))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from collections import deque
+from collections import Counter, deque
 from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
 import attr
@@ -340,6 +340,9 @@ class AgentManager(Service):
         self.sink: Optional[IMessageSink] = None
         self._cells: Dict[str, AgentCell] = {}
         self._deploying: Dict[str, Dict[str, Any]] = {}
+        # Modules a deploy or update in progress has compiled but not yet
+        # recorded: not to be released meanwhile.
+        self._modules_in_use: Counter = Counter()
         self._draining = False
         self._capabilities: Dict[str, List[str]] = {}
         self._round_robin: Dict[str, int] = {}
@@ -725,6 +728,7 @@ class AgentManager(Service):
         compiled: Optional[CompiledModule] = None
         try:
             compiled = await self._compile(wasm, name)
+            self._modules_in_use[compiled.module_hash] += 1
             instance, init = await self._try_start(name, compiled, spec)
             await self._store.save_module(compiled.module_hash, wasm)
             now = self._reactor.seconds()
@@ -745,10 +749,12 @@ class AgentManager(Service):
             await self._store.save_agent(cell.record())
         except BaseException:
             if compiled is not None:
+                self._modules_in_use[compiled.module_hash] -= 1
                 self._release(compiled.module_hash)
             raise
         finally:
             self._deploying.pop(name, None)
+        self._modules_in_use[compiled.module_hash] -= 1
         self._add(cell)
         self._report(cell, None, init, cell.generation)
         log.info(
@@ -790,14 +796,17 @@ class AgentManager(Service):
         compiled = await self._compile(wasm, name) if wasm is not None else cell.compiled
         if compiled is None:
             raise InvalidRequest(f"agent {name!r} has no usable module: update it with a new one")
+        self._modules_in_use[compiled.module_hash] += 1
         try:
             instance, init = await self._try_start(name, compiled, spec)
             if wasm is not None:
                 await self._store.save_module(compiled.module_hash, wasm)
             cell = self._cell(name)
         except BaseException:
+            self._modules_in_use[compiled.module_hash] -= 1
             self._release(compiled.module_hash)
             raise
+        self._modules_in_use[compiled.module_hash] -= 1
         old_module = cell.module_hash
         self._remove_capabilities(cell)
         cell.spec, cell.compiled, cell.module_hash = spec, compiled, compiled.module_hash
@@ -813,10 +822,12 @@ class AgentManager(Service):
         if cell.status == "failed":
             cell.status, cell.reason = "running", None
         self._add_capabilities(cell)
-        self._release(old_module)
         self._report(cell, None, init, cell.generation)
         self._kick(cell)
+        # The store runs jobs in order: the record names the new module
+        # before the old one is released.
         self._persist(cell)
+        self._release(old_module)
         log.info("agent {agent} updated to version {version}", agent=name, version=cell.version)
         return cell
 
@@ -869,16 +880,26 @@ class AgentManager(Service):
         self._remove_capabilities(cell)
         self._drop_inbox(cell, "AGENT_NOT_FOUND", f"agent {name!r} was removed")
         cell.status = "removed"
-        self._release(cell.module_hash)
         log.info("agent {agent} removed", agent=name)
-        await self._store.delete_agent(name)
+        deleted = self._store.delete_agent(name)
+        # After the record is gone (the store runs jobs in order), so the
+        # module is no longer named by it.
+        self._release(cell.module_hash)
+        await deleted
 
     def _release(self, module_hash: str) -> None:
         """
-        Forget a compiled module no hosted agent uses any more.
+        Forget a module no hosted agent (nor a deploy or update in progress)
+        uses any more: compiled, cached on disk and stored.  A component's
+        are tens of megabytes each.
         """
-        if not any(c.module_hash == module_hash for c in self._cells.values()):
-            self.runtime.forget(module_hash)
+        if self._modules_in_use[module_hash] or any(
+            c.module_hash == module_hash for c in self._cells.values()
+        ):
+            return
+        self.runtime.forget(module_hash)
+        d = self._store.delete_module(module_hash)
+        d.addErrback(lambda f: log.failure("deleting module {module_hash}", f, module_hash=module_hash))
 
     # Start and stop ----------------------------------------------------------
 

@@ -553,10 +553,23 @@ class WasmRuntime:
 
     def forget(self, digest: str) -> None:
         """
-        Drop a compiled module no agent uses any more.
+        Drop a compiled module no agent uses any more, and its compiled
+        artifacts on disk (for any engine settings: stale ones too).
         """
         with self._lock:
             self._modules.pop(digest, None)
+        if self.cache_dir is None:
+            return
+        try:
+            names = os.listdir(self.cache_dir)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(digest + "-") and name.endswith(".cwasm"):
+                try:
+                    os.unlink(os.path.join(self.cache_dir, name))
+                except OSError as e:
+                    log.warn("cannot remove compiled artifact {name}: {error}", name=name, error=e)
 
     def instantiate(self, compiled: Any, agent: str, limits: Limits) -> Any:
         """

@@ -120,6 +120,12 @@ class IStateStore(Interface):
         Deferred of the module's bytes, or None.
         """
 
+    def delete_module(module_hash: str) -> Any:
+        """
+        Forget a module unless an agent record names it; Deferred of whether
+        it was deleted.
+        """
+
     def save_agent(record: AgentRecord) -> Any:
         """
         Insert or replace an agent's record; Deferred of None.

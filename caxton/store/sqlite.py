@@ -408,6 +408,15 @@ def _loadModule(connection: sqlite3.Connection, moduleHash: str) -> Optional[byt
     return None if row is None else bytes(row[0])
 
 
+def _deleteModule(connection: sqlite3.Connection, moduleHash: str) -> bool:
+    cursor = connection.execute(
+        "DELETE FROM modules WHERE hash = ?"
+        " AND NOT EXISTS (SELECT 1 FROM agents WHERE module_hash = ?)",
+        (moduleHash, moduleHash),
+    )
+    return cursor.rowcount > 0
+
+
 def _saveAgent(connection: sqlite3.Connection, record: AgentRecord, spec: str) -> None:
     connection.execute(
         "INSERT INTO agents (name, version, module_hash, spec, status, reason,"
@@ -789,6 +798,14 @@ class SQLiteStore:
         @return: a L{Deferred} of its bytes, or C{None} if it is not kept.
         """
         return self._run(_loadModule, module_hash)
+
+    def delete_module(self, module_hash: str) -> "Deferred[bool]":
+        """
+        Forget a module, unless an agent's record still names it.
+
+        @return: a L{Deferred} of whether it was deleted.
+        """
+        return self._run(_deleteModule, module_hash)
 
     def save_agent(self, record: AgentRecord) -> "Deferred[None]":
         """
