@@ -417,3 +417,26 @@ class DeployingTests(APITestCase):
         self.http.flush()
         self.assertEqual(self.successResultOf(d).code, 201)
         self.assertEqual(self.call("GET", "/api/v1/agents/slow")[1]["status"], "running")
+
+
+class ConversationPagingTests(APITestCase):
+    """
+    Paging through conversations skips none.
+    """
+
+    def test_ties_at_a_page_edge(self) -> None:
+        """
+        Five conversations updated at the same instant come back across
+        pages of two, each once, using next_before and next_before_id.
+        """
+        for i in range(5):
+            self.call("POST", "/api/v1/messages", {"performative": "inform", "sender": "client:a", "receiver": "client:b", "conversation_id": f"same-{i}"})
+        seen, query = [], "/api/v1/conversations?limit=2"
+        for _ in range(5):
+            body = self.call("GET", query)[1]
+            seen += [c["conversation_id"] for c in body["conversations"]]
+            if body["next_before"] is None:
+                break
+            query = f"/api/v1/conversations?limit=2&before={body['next_before']!r}&before_id={body['next_before_id']}"
+        self.assertEqual(sorted(seen), [f"same-{i}" for i in range(5)])
+        self.assertEqual(len(seen), 5)

@@ -467,10 +467,18 @@ class CaxtonAPI:
         except ValueError:
             raise InvalidRequest("before must be a Unix time")
         participant = _arg(request, "participant")
-        records = await self._store.list_conversations(limit, before, participant)
+        before_id = _arg(request, "before_id")
+        records = await self._store.list_conversations(limit, before, participant, before_id)
         items = [_conversation(r) for r in records]
-        next_before = items[-1]["updated_at"] if len(items) == limit else None
-        return self._json(request, {"conversations": items, "next_before": next_before})
+        last = items[-1] if len(items) == limit else None
+        return self._json(
+            request,
+            {
+                "conversations": items,
+                "next_before": last["updated_at"] if last else None,
+                "next_before_id": last["conversation_id"] if last else None,
+            },
+        )
 
     @app.route("/api/v1/conversations/<conversation_id>", methods=["GET"])
     async def show_conversation(self, request: Any, conversation_id: str) -> bytes:

@@ -160,10 +160,13 @@ class IStateStore(Interface):
         Record a message that ended in failure. Batched.
         """
 
-    def list_conversations(limit: int, before: Optional[float], participant: Optional[str]) -> Any:
+    def list_conversations(
+        limit: int, before: Optional[float], participant: Optional[str], before_id: Optional[str] = None
+    ) -> Any:
         """
-        Deferred of L{ConversationRecord}s, most recently updated first,
-        updated before C{before} when given.
+        Deferred of L{ConversationRecord}s, most recently updated first
+        (ties by id, descending), updated before C{before} when given, or
+        after the page ending at C{(before, before_id)} when both are.
         """
 
     def get_conversation(conversation_id: str, after: int, limit: int) -> Any:

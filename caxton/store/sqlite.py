@@ -487,10 +487,16 @@ def _listConversations(
     limit: int,
     before: Optional[float],
     participant: Optional[str],
+    beforeId: Optional[str] = None,
 ) -> List[ConversationRecord]:
     conditions = []
     parameters: List[Any] = []
-    if before is not None:
+    if before is not None and beforeId is not None:
+        # A page ends at (updated_at, conversation_id): ties on the time
+        # continue by id, in the same order as ORDER BY.
+        conditions.append("(updated_at < ? OR (updated_at = ? AND conversation_id < ?))")
+        parameters.extend([before, before, beforeId])
+    elif before is not None:
         conditions.append("updated_at < ?")
         parameters.append(before)
     if participant is not None:
@@ -899,17 +905,24 @@ class SQLiteStore:
         )
 
     def list_conversations(
-        self, limit: int, before: Optional[float], participant: Optional[str]
+        self,
+        limit: int,
+        before: Optional[float],
+        participant: Optional[str],
+        before_id: Optional[str] = None,
     ) -> "Deferred[List[ConversationRecord]]":
         """
-        List conversations, most recently updated first.
+        List conversations, most recently updated first (ties by id,
+        descending).
 
         @param limit: at most this many.
-        @param before: only those updated strictly before this time.
+        @param before: only those updated strictly before this time, or,
+            with C{before_id}, those after the page that ended at
+            C{(before, before_id)}.
         @param participant: only those this name took part in.
         @return: a L{Deferred} of a list of L{ConversationRecord}s.
         """
-        return self._run(_listConversations, limit, before, participant)
+        return self._run(_listConversations, limit, before, participant, before_id)
 
     def get_conversation(
         self, conversation_id: str, after: int, limit: int
