@@ -316,6 +316,8 @@ class MessageRouteTests(APITestCase):
         self.assertEqual((code, body["error"]["code"]), (404, "INVALID_REQUEST"))
         code, body = self.call("PATCH", "/api/v1/agents")
         self.assertEqual(code, 405)
+        response = self.successResultOf(self.http.request("PATCH", BASE + "/api/v1/agents"))
+        self.assertEqual(response.headers.getRawHeaders("allow"), ["GET, HEAD, POST"])
 
 
 class InvokeRuleTests(APITestCase):

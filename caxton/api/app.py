@@ -180,6 +180,9 @@ class CaxtonAPI:
 
     @app.handle_errors(MethodNotAllowed)
     def _bad_method(self, request: Any, failure: Any) -> bytes:
+        allowed = getattr(failure.value, "valid_methods", None)
+        if allowed:
+            request.setHeader("allow", ", ".join(sorted(allowed)))
         return _error(request, 405, "INVALID_REQUEST", "method not allowed on this route")
 
     @app.handle_errors(Exception)
