@@ -12,7 +12,6 @@ is linked: if a build ever imported WASI again, instantiation would fail
 (and the import tests say which interface appeared).
 """
 
-import hashlib
 import json
 import os
 
@@ -20,39 +19,40 @@ import wasmtime
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from wasmtime import component as wc
 
+from caxton.agents import components
+from caxton.agents.runtime import MAX_TABLE_ELEMENTS, WasmRuntime
+from caxton.config import load
 from tests import jsbuild
 
-HOST = "caxton:agent/host@0.1.0"
+HOST = components.HOST_INTERFACE
 
-#: The node's default per-agent limits and its component limits
-#: (caxton.agents.runtime / caxton.agents.components).
-MEMORY_CAP = 16 * 1024 * 1024
-TABLE_ELEMENTS = 100_000
-MAX_INSTANCES = 64
-MAX_TABLES = 16
-MAX_MEMORIES = 1
-DEFAULT_FUEL = 1_000_000_000
+#: The node's default per-agent limits and its component limits.
+_DEFAULTS = load({}, {}, None).agent_defaults
+MEMORY_CAP = _DEFAULTS.memory
+DEFAULT_FUEL = _DEFAULTS.fuel
+TABLE_ELEMENTS = MAX_TABLE_ELEMENTS
+MAX_INSTANCES = components.COMPONENT_MAX_INSTANCES
+MAX_TABLES = components.COMPONENT_MAX_TABLES
+MAX_MEMORIES = components.COMPONENT_MAX_MEMORIES
 
-_engine = None
-_compiled = {}
+_runtime = None
+
+
+def runtime():
+    """
+    One node runtime for the module: the node's own engine settings, and its
+    compiled-artifact cache (next to the build cache), so that a compile
+    here is a compile (and a deploy validation) as the node does it.
+    """
+    global _runtime
+    if _runtime is None:
+        _runtime = WasmRuntime(cache_dir=os.path.join(jsbuild.cache_dir(), "compiled"))
+    return _runtime
 
 
 def engine():
-    """One engine for the module, set up like the node's."""
-    global _engine
-    if _engine is None:
-        config = wasmtime.Config()
-        config.consume_fuel = True
-        config.epoch_interruption = True
-        config.wasm_multi_memory = False
-        config.wasm_gc = False
-        config.wasm_threads = False
-        config.wasm_memory64 = False
-        config.memory_reservation = 64 * 1024 * 1024
-        config.memory_guard_size = 64 * 1024
-        config.wasm_component_model = True
-        _engine = wasmtime.Engine(config)
-    return _engine
+    """The node's engine."""
+    return runtime().engine
 
 
 def skip_without_node():
@@ -64,40 +64,13 @@ def skip_without_node():
 
 def compiled(name):
     """
-    The compiled component for examples/agents/js/<name>.js. Compiling a
-    12 MB SpiderMonkey component takes tens of seconds, so the compiled
-    artifact is kept next to the build cache, keyed by the wasm's hash and
-    the wasmtime version; an artifact this engine refuses is recompiled.
+    The compiled component for examples/agents/js/<name>.js, compiled and
+    validated by the node's runtime.  Compiling a 12 MB SpiderMonkey
+    component takes tens of seconds; the runtime's disk cache keeps it.
     """
     skip_without_node()
-    wasm = jsbuild.js_component(name)
-    key = hashlib.sha256(wasm).hexdigest()
-    if key in _compiled:
-        return _compiled[key]
-    version = getattr(wasmtime, "__version__", "") or _wasmtime_version()
-    path = os.path.join(jsbuild.cache_dir(), "%s-%s-wasmtime%s.cwasm" % (name, key[:32], version))
-    component = None
-    if os.path.exists(path):
-        try:
-            component = wc.Component.deserialize_file(engine(), path)
-        except wasmtime.WasmtimeError:
-            component = None
-    if component is None:
-        component = wc.Component(engine(), wasm)
-        partial = path + ".%d.tmp" % os.getpid()
-        with open(partial, "wb") as f:
-            f.write(component.serialize())
-        os.replace(partial, path)
-    _compiled[key] = component
-    return component
+    return runtime().compile(jsbuild.js_component(name)).component
 
-
-def _wasmtime_version():
-    try:
-        from importlib.metadata import version
-        return version("wasmtime")
-    except Exception:  # pragma: no cover
-        return "unknown"
 
 
 def imports_of(component):
