@@ -16,7 +16,8 @@ import os
 import re
 import signal
 import sys
-from typing import Any, Dict, List, Optional
+import time
+from typing import Any, Callable, Dict, List, Optional
 
 import treq
 from twisted.internet import reactor
@@ -24,6 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
+from twisted.trial.unittest import FailTest
 from twisted.web.client import Agent, HTTPConnectionPool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,6 +182,36 @@ class Client:
         except ValueError:
             decoded = content
         return response.code, decoded
+
+    async def poll(
+        self,
+        path: str,
+        until: Callable[[List[Dict[str, Any]]], bool],
+        after: Any = 0,
+        timeout: float = 30.0,
+    ) -> List[Dict[str, Any]]:
+        """
+        Long-poll C{path} (a mailbox or a conversation) from C{after} until
+        the messages read so far satisfy C{until}.
+
+        @return: every message read, oldest first.
+        @raise FailTest: on an error answer, or when C{timeout} passes
+            first (saying what was read).
+        """
+        deadline = time.monotonic() + timeout
+        seen: List[Dict[str, Any]] = []
+        for _ in range(200):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            status, body = await self.get(f"{path}?after={after}&wait={max(0.1, min(left, 5.0)):.1f}s")
+            if status != 200:
+                raise FailTest(f"{path}: {status} {body}")
+            seen.extend(item["message"] for item in body["messages"])
+            if until(seen):
+                return seen
+            after = body["next_after"]
+        raise FailTest(f"{path}: nothing satisfied the wait within {timeout}s; read {json.dumps(seen, indent=1)}")
 
     async def get(self, path: str) -> tuple:
         return await self.request("GET", path)

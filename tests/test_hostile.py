@@ -7,7 +7,6 @@ agent keeps answering.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Dict, List, Optional
 
 from twisted.internet import reactor
@@ -54,13 +53,12 @@ class HostileAgentTests(unittest.TestCase):
         """
         Long-poll C{client}'s mailbox until it holds C{count} messages.
         """
-        end = time.monotonic() + deadline
-        messages: List[Dict[str, Any]] = []
-        while time.monotonic() < end:
-            messages = await self.mailbox(client, wait="2s")
-            if len(messages) >= count:
-                return messages
-        self.fail(f"{client} got {len(messages)} of {count} messages:\n{self.node.output[-2000:]}")
+        try:
+            return await self.client.poll(
+                f"/api/v1/mailboxes/{client}", lambda read: len(read) >= count, timeout=deadline
+            )
+        except unittest.FailTest as e:
+            self.fail(f"{client} did not get {count} messages: {e}\n{self.node.output[-2000:]}")
 
     async def neighbour_answers(self) -> None:
         """

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import os
-import time
 
 import wasmtime
 from twisted.internet.defer import Deferred
@@ -86,14 +85,11 @@ class HotUpdateTests(unittest.TestCase):
             )
             self.assertEqual(code, 202)
 
-        replies = []
-        deadline = time.monotonic() + 60
-        while len(replies) < MESSAGES and time.monotonic() < deadline:
-            after = replies[-1]["seq"] if replies else 0
-            code, body = await client.get(f"/api/v1/mailboxes/client:load?after={after}&wait=2s")
-            replies.extend(body["messages"])
+        replies = await client.poll(
+            "/api/v1/mailboxes/client:load", lambda read: len(read) >= MESSAGES, timeout=60
+        )
         self.assertEqual(len(replies), MESSAGES, node.output[-2000:])
-        contents = [item["message"]["content"] for item in replies]
+        contents = [message["content"] for message in replies]
         self.assertEqual([c["message"]["content"] for c in contents], list(range(MESSAGES)))
         versions = [c["version"] for c in contents]
         self.assertEqual(versions, sorted(versions))

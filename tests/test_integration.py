@@ -90,22 +90,11 @@ class _NodeTestCase(unittest.TestCase):
 
         @return: C{(message, seen)}: the message, and every message read.
         """
-        deadline = time.monotonic() + timeout
-        seen: List[Dict[str, Any]] = []
-        for _ in range(200):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            status, body = await client.get(
-                f"/api/v1/mailboxes/{who}?after={after}&wait={max(0.1, min(left, 5.0)):.1f}s"
-            )
-            self.assertEqual(status, 200, body)
-            for item in body["messages"]:
-                seen.append(item["message"])
-                if match(item["message"]):
-                    return item["message"], seen
-            after = body["next_after"]
-        self.fail(f"no matching message for {who} within {timeout}s; saw {json.dumps(seen, indent=1)}")
+        seen = await client.poll(
+            f"/api/v1/mailboxes/{who}", lambda read: any(match(m) for m in read), after, timeout
+        )
+        index = next(i for i, m in enumerate(seen) if match(m))
+        return seen[index], seen[: index + 1]
 
     async def conversation_until(
         self,
@@ -119,22 +108,7 @@ class _NodeTestCase(unittest.TestCase):
         Long-poll a conversation (from C{after}, a seq or a message id)
         until the messages read so far satisfy C{match}; those messages.
         """
-        deadline = time.monotonic() + timeout
-        seen: List[Dict[str, Any]] = []
-        for _ in range(200):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            status, body = await client.get(
-                f"/api/v1/conversations/{conversation_id}?after={after}"
-                f"&wait={max(0.1, min(left, 5.0)):.1f}s"
-            )
-            self.assertEqual(status, 200, body)
-            seen.extend(item["message"] for item in body["messages"])
-            if match(seen):
-                return seen
-            after = body["next_after"]
-        self.fail(f"conversation {conversation_id} never matched within {timeout}s; saw {json.dumps(seen, indent=1)}")
+        return await client.poll(f"/api/v1/conversations/{conversation_id}", match, after, timeout)
 
     async def agent(self, client: Client, name: str) -> Dict[str, Any]:
         status, body = await client.get(f"/api/v1/agents/{name}")

@@ -7,7 +7,6 @@ source in the test run (SPEC 3.3; issue: "agents in any language").
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Dict, List
 
 from twisted.trial import unittest
@@ -58,14 +57,10 @@ class LanguagesTests(unittest.TestCase):
         self.assertEqual(code, 201, body)
 
     async def mailbox(self, client: str, count: int) -> List[Dict[str, Any]]:
-        end = time.monotonic() + 120
-        messages: List[Dict[str, Any]] = []
-        while time.monotonic() < end:
-            code, body = await self.client.get(f"/api/v1/mailboxes/{client}?wait=5s")
-            messages = [item["message"] for item in body["messages"]]
-            if len(messages) >= count:
-                return messages
-        self.fail(f"{client} got {len(messages)} of {count} messages")
+        """
+        Long-poll C{client}'s mailbox until it holds C{count} messages.
+        """
+        return await self.client.poll(f"/api/v1/mailboxes/{client}", lambda read: len(read) >= count, timeout=120)
 
     async def test_echo_in_every_language(self) -> None:
         """
