@@ -26,7 +26,7 @@ import sys
 from typing import Any, List, Optional
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from caxton.acl.message import encode_message
@@ -192,7 +192,7 @@ class CaxtonService(MultiService):
             if isinstance(child, (StoreService, RuntimeService)):
                 await child.close()
             if child.running:
-                await Deferred.fromCoroutine(_maybe(child.stopService()))
+                await maybeDeferred(child.stopService)
         log.info("caxton node stopped")
         _forget_sigterm(self._reactor)
 
@@ -213,12 +213,6 @@ def _exit_failed() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1)
-
-
-async def _maybe(result: Any) -> Any:
-    if isinstance(result, Deferred):
-        return await result
-    return result
 
 
 def data_paths(data_dir: str) -> dict:

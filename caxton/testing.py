@@ -14,7 +14,7 @@ thing by Caxton's own tests.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -124,7 +124,6 @@ class LocalNode:
             compile_in_thread=False,
         )
         self.router = Router(self.clock, self.agents, self.store, ConversationTracker())
-        self._opened: Optional[Any] = None
 
     def open(self) -> Any:
         """
