@@ -1,0 +1,7 @@
+"""
+C{python -m caxton.cli}: the same as the C{caxton} console script.
+"""
+
+from caxton.cli.main import run
+
+run()
