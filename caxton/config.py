@@ -120,6 +120,76 @@ def _endpoints(value: Any) -> Tuple[str, ...]:
     return tuple(items)
 
 
+#: The port SWIM and the node stream use when an address names none.
+DEFAULT_CLUSTER_PORT = 7946
+
+
+def parse_host_port(value: Any, default_port: int = DEFAULT_CLUSTER_PORT) -> Tuple[str, int]:
+    """
+    C{HOST:PORT}, C{HOST} (the default port) or C{[V6]:PORT} as a pair.
+    """
+    text = _string(value).strip()
+    match = re.match(r"^\[([0-9A-Fa-f:.]+)\](?::(\d+))?$", text) or re.match(
+        r"^([^:\s\[\]]+)(?::(\d+))?$", text
+    )
+    if match is None:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    port = int(match.group(2)) if match.group(2) is not None else default_port
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{text!r}: port must be 0-65535")
+    return match.group(1), port
+
+
+def _host_ports(value: Any) -> Tuple[Tuple[str, int], ...]:
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, list):
+        items = [_string(v) for v in value]
+    else:
+        raise ValueError("must be HOST:PORT, a comma-separated list of them, or a YAML list")
+    return tuple(parse_host_port(item) for item in items)
+
+
+def parse_duration_or_zero(value: Any) -> float:
+    """
+    A duration that may also be zero (C{0}, C{0s}).
+    """
+    if not isinstance(value, bool) and str(value).strip().rstrip("msdh").strip() in ("0", "0.0"):
+        return 0.0
+    return parse_duration(value)
+
+
+def parse_bool(value: Any) -> bool:
+    """
+    C{true}/C{false} (also C{yes}/C{no}, C{on}/C{off}, C{1}/C{0}).
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _string(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _cluster_name(value: Any) -> str:
+    text = _string(value)
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", text):
+        raise ValueError(f"{text!r} is not a cluster name (letters, digits, '.', '_', '-')")
+    return text
+
+
 def default_node_id(hostname: str) -> str:
     """
     A node id made from a host name: its first label, with anything a node
@@ -172,6 +242,49 @@ KEYS: Tuple[Key, ...] = (
     Key("conversations.max_messages", parse_count, 1000),
     Key("conversations.retention", parse_duration, 7 * 86400.0),
     Key("dead_letters.max", parse_count, 100_000),
+    # The cluster (SPEC 5).  Without a bind address the node runs alone.
+    Key("bind", parse_host_port, None),
+    Key("advertise", parse_host_port, None),
+    Key("tls_dir", _string, None),
+    Key("gossip.seeds", _host_ports, ()),
+    Key("gossip.cluster", _cluster_name, "caxton"),
+    Key("gossip.key_file", _string, None),
+    Key("gossip.profile", _one_of("lan", "wan", "local"), "lan"),
+    Key("gossip.join_retry_max", parse_duration, 30.0),
+    # Every SWIM knob; unset means the profile's value (docs/cluster.md).
+    Key("gossip.probe_interval", parse_duration, None),
+    Key("gossip.probe_timeout", parse_duration, None),
+    Key("gossip.indirect_checks", parse_count, None),
+    Key("gossip.retransmit_mult", parse_count, None),
+    Key("gossip.suspicion_mult", parse_count, None),
+    Key("gossip.suspicion_max_timeout_mult", parse_count, None),
+    Key("gossip.push_pull_interval", parse_duration, None),
+    Key("gossip.gossip_interval", parse_duration, None),
+    Key("gossip.gossip_nodes", parse_count, None),
+    Key("gossip.gossip_to_the_dead_time", parse_duration, None),
+    Key("gossip.awareness_max_multiplier", parse_count, None),
+    Key("gossip.dead_node_reclaim_time", parse_duration_or_zero, None),
+    Key("gossip.tcp_timeout", parse_duration, None),
+    Key("gossip.lifeguard", parse_bool, None),
+)
+
+#: The C{gossip.*} keys that are SWIM knobs, named as in
+#: L{caxton.swim.config.SwimConfig}.
+SWIM_KNOBS = (
+    "probe_interval",
+    "probe_timeout",
+    "indirect_checks",
+    "retransmit_mult",
+    "suspicion_mult",
+    "suspicion_max_timeout_mult",
+    "push_pull_interval",
+    "gossip_interval",
+    "gossip_nodes",
+    "gossip_to_the_dead_time",
+    "awareness_max_multiplier",
+    "dead_node_reclaim_time",
+    "tcp_timeout",
+    "lifeguard",
 )
 
 _BY_PATH = {key.path: key for key in KEYS}
@@ -224,6 +337,25 @@ class Config:
             trap_window=v["agents.trap_window"],
             max_queue=v["agents.max_queue"],
         )
+
+
+    @property
+    def clustered(self) -> bool:
+        """
+        Whether this node joins a cluster (it has a bind address).
+        """
+        return self.values["bind"] is not None
+
+    @property
+    def swim_overrides(self) -> Dict[str, Any]:
+        """
+        The SWIM knobs set explicitly, to apply over the profile.
+        """
+        return {
+            knob: self.values[f"gossip.{knob}"]
+            for knob in SWIM_KNOBS
+            if self.values[f"gossip.{knob}"] is not None
+        }
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:

@@ -95,3 +95,12 @@ class NotAccepting(CaxtonError):
 
     code = "UNAVAILABLE"
     status = 503
+
+
+class Unreachable(CaxtonError):
+    """
+    No node could be reached (a join whose seeds all failed).
+    """
+
+    code = "UNREACHABLE"
+    status = 503

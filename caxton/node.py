@@ -60,6 +60,12 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
     )
     router = Router(reactor, agents, store)
     root = CaxtonService(reactor, router, config["shutdown_grace"])
+    cluster = None
+    if config.clustered:
+        # Imported here: a node that runs alone loads no cluster code.
+        from caxton.cluster.service import ClusterService
+
+        cluster = ClusterService(reactor, config, agents)
     api = CaxtonAPI(
         reactor,
         agents,
@@ -68,12 +74,15 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
         invoke_timeout=config["http.invoke_timeout"],
         max_wait=config["http.max_wait"],
         ready=lambda: root.ready,
+        cluster=cluster,
     )
     site = make_site(api.resource(), config["http.max_body"], config["http.timeout"])
 
     StoreService(store).setServiceParent(root)
     RuntimeService(runtime, workers).setServiceParent(root)
     agents.setServiceParent(root)
+    if cluster is not None:
+        cluster.setServiceParent(root)
     retention = TimerService(RETENTION_INTERVAL, lambda: store.expire(reactor.seconds()))
     retention.setName("retention")
     retention.clock = reactor

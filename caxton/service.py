@@ -8,14 +8,17 @@ L{CaxtonService} is one C{MultiService} with named children:
   - C{runtime}: the wasmtime engine's epoch ticker and the agent workers
     (L{RuntimeService});
   - C{agents}: the hosted agents (L{caxton.agents.manager.AgentManager});
+  - C{cluster}: membership, node streams and the registry, when the node
+    has a bind address (L{caxton.cluster.service.ClusterService});
   - C{api}: one listener per C{--api} endpoint.
 
 Starting is ordered and asynchronous (the store must be open before the
 agents come back, and they before the API listens), so the root starts its
 children itself, in that order, and L{CaxtonService.whenReady} fires when
 all are up.  Stopping runs the other way and is graceful (SPEC 2): stop
-listening, stop taking messages, let running handlers finish within the
-grace period, persist what is still queued, close the store.
+leave the cluster, stop listening, stop taking messages, let running
+handlers finish within the grace period, persist what is still queued,
+close the store.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from caxton.acl.message import encode_message
 from caxton.agents.executor import IWorkers
 from caxton.agents.manager import AgentManager
 from caxton.agents.runtime import WasmRuntime
+from caxton.config import ConfigError
 from caxton.router.router import Router
 from caxton.store.interfaces import IStateStore
 
@@ -127,6 +131,8 @@ class CaxtonService(MultiService):
             if isinstance(child, AgentManager):
                 await child.load()
                 await self._redeliver(child)
+            if child.name == "cluster":
+                await child.open()
         self.ready = True
         log.info("caxton node ready")
 
@@ -146,7 +152,13 @@ class CaxtonService(MultiService):
         Log why the node could not start, stop the reactor, and exit with
         status 1 once it has stopped (twistd and twist would exit 0).
         """
-        log.failure("caxton node failed to start", failure)
+        if failure.check(ConfigError):
+            # A bad file named by the config (TLS directory, gossip key):
+            # one line, like any other configuration error.
+            log.critical("caxton: configuration error: {error}", error=str(failure.value))
+            sys.stderr.write(f"caxton: configuration error: {failure.value}\n")
+        else:
+            log.failure("caxton node failed to start", failure)
         if getattr(self._reactor, "running", False):
             self._reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
             self._reactor.stop()
@@ -175,6 +187,10 @@ class CaxtonService(MultiService):
             await done
         self.ready = False
         children: List[IService] = list(self)
+        cluster = [c for c in children if c.name == "cluster"]
+        for member in cluster:
+            # Leave first, so peers record this node as left, not dead.
+            await member.leave_gracefully()
         api = [c for c in children if c.name and c.name.startswith("api")]
         for listener in api:
             if listener.running:
@@ -189,7 +205,7 @@ class CaxtonService(MultiService):
         for child in reversed(children):
             if child in api:
                 continue
-            if isinstance(child, (StoreService, RuntimeService)):
+            if isinstance(child, (StoreService, RuntimeService)) or child in cluster:
                 await child.close()
             if child.running:
                 await maybeDeferred(child.stopService)

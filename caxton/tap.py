@@ -30,6 +30,12 @@ class Options(usage.Options):
         ["config", "c", None, "YAML configuration file (see etc/caxton.yaml)."],
         ["node-id", None, None, "This node's id (default: the host name)."],
         ["data-dir", "d", None, "Where the node keeps its state (default ./caxton-data)."],
+        ["bind", None, None, "HOST:PORT for SWIM (UDP) and node streams (TCP); joins a cluster."],
+        ["advertise", None, None, "HOST:PORT other nodes reach this one at (default: --bind)."],
+        ["join", None, None, "Seed addresses HOST:PORT[,HOST:PORT...] to join through."],
+        ["tls-dir", None, None, "The cluster CA and this node's certificate (ca.pem, node.pem, node.key)."],
+        ["gossip-key-file", None, None, "Gossip encryption keys, base64, one per line (first encrypts)."],
+        ["profile", None, None, "SWIM timing profile: lan (default), wan or local."],
     ]
 
     def __init__(self) -> None:
@@ -60,6 +66,12 @@ class Options(usage.Options):
             "node_id": self["node-id"],
             "data_dir": self["data-dir"],
             "api": list(self["api"]) or None,
+            "bind": self["bind"],
+            "advertise": self["advertise"],
+            "gossip.seeds": self["join"],
+            "tls_dir": self["tls-dir"],
+            "gossip.key_file": self["gossip-key-file"],
+            "gossip.profile": self["profile"],
         }
         try:
             self.config: Config = load(given, os.environ, self["config"])

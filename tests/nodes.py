@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import FailTest
@@ -130,7 +130,10 @@ class NodeProcess:
         if self._output.ended.called:
             ended = self._output.ended.result
         else:
-            self._process.signalProcess({signal.SIGTERM: "TERM", signal.SIGKILL: "KILL"}[sig])
+            try:
+                self._process.signalProcess({signal.SIGTERM: "TERM", signal.SIGKILL: "KILL"}[sig])
+            except ProcessExitedAlready:
+                pass
             timer = reactor.callLater(timeout, self.kill)
             ended = await self._output.ended
             if timer.active():

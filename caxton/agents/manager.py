@@ -18,7 +18,7 @@ import base64
 import json
 import threading
 from collections import Counter, deque
-from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
 import attr
 from twisted.application.service import Service
@@ -346,6 +346,10 @@ class AgentManager(Service):
         self._draining = False
         self._capabilities: Dict[str, List[str]] = {}
         self._round_robin: Dict[str, int] = {}
+        #: Told C{observer(name, cell)} whenever an agent is added or its
+        #: record changes, and C{observer(name, None)} when it is removed
+        #: (the cluster's registry listens here).
+        self.observers: List[Callable[[str, Optional[AgentCell]], None]] = []
 
     # Directory, for the router ------------------------------------------
 
@@ -636,6 +640,7 @@ class AgentManager(Service):
         """
         Save C{cell}'s record, in the background: a failure is logged.
         """
+        self._changed(cell.name, cell)
         d = self._store.save_agent(cell.record())
         d.addErrback(lambda f: log.failure("saving agent {agent}", f, agent=cell.name))
         return d
@@ -769,6 +774,14 @@ class AgentManager(Service):
         self._cells[cell.name] = cell
         for capability in cell.spec.capabilities:
             self._capabilities.setdefault(capability, []).append(cell.name)
+        self._changed(cell.name, cell)
+
+    def _changed(self, name: str, cell: Optional[AgentCell]) -> None:
+        for observer in self.observers:
+            try:
+                observer(name, cell)
+            except Exception:
+                log.failure("agent observer failed on {agent}", agent=name)
 
     def _remove_capabilities(self, cell: AgentCell) -> None:
         for capability in cell.spec.capabilities:
@@ -880,6 +893,7 @@ class AgentManager(Service):
         self._remove_capabilities(cell)
         self._drop_inbox(cell, "AGENT_NOT_FOUND", f"agent {name!r} was removed")
         cell.status = "removed"
+        self._changed(name, None)
         log.info("agent {agent} removed", agent=name)
         deleted = self._store.delete_agent(name)
         # After the record is gone (the store runs jobs in order), so the

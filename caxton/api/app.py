@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from email import message_from_bytes
 
@@ -27,7 +27,9 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from caxton.acl.message import InvalidMessage, message_to_dict, parse_message, strict_json
 from caxton.agents.manager import AgentManager, decode_wasm
 from caxton.agents.runtime import InvalidWasm
-from caxton.config import parse_duration
+from caxton.cluster.interfaces import ICluster
+from caxton.cluster.standalone import Standalone
+from caxton.config import parse_duration, parse_host_port
 from caxton.errors import AgentNotFound, CaxtonError, ConversationNotFound, InvalidRequest
 from caxton.router.router import CLIENT_PREFIX, Router, new_id
 from caxton.store.interfaces import IStateStore, StoredMessage
@@ -67,6 +69,16 @@ def _int_arg(request: Any, name: str, default: Optional[int], low: int = 0, high
     if not low <= value <= high:
         raise InvalidRequest(f"{name} must be between {low} and {high}")
     return value
+
+
+def _cursor(raw: Optional[str]) -> Optional[Tuple[str, str]]:
+    """
+    A page cursor of the agent list: C{name/node}, as C{next_cursor} gave it.
+    """
+    if raw is None:
+        return None
+    name, _, node = raw.partition("/")
+    return (name, node)
 
 
 def parse_multipart(content: bytes, content_type: str) -> Dict[str, list]:
@@ -131,6 +143,8 @@ class CaxtonAPI:
     @param invoke_timeout: the default wait of C{invoke}, in seconds.
     @param max_wait: the longest long poll, in seconds.
     @param ready: tells whether the node is ready (state loaded, listening).
+    @param cluster: the cluster this node belongs to (by default it runs
+        alone).
     """
 
     app = Klein()
@@ -144,6 +158,7 @@ class CaxtonAPI:
         invoke_timeout: float = 30.0,
         max_wait: float = 60.0,
         ready: Callable[[], bool] = lambda: True,
+        cluster: Optional[ICluster] = None,
     ) -> None:
         self._reactor = reactor
         self._agents = agents
@@ -152,6 +167,7 @@ class CaxtonAPI:
         self._invoke_timeout = invoke_timeout
         self._max_wait = max_wait
         self._ready = ready
+        self._cluster: ICluster = cluster if cluster is not None else Standalone(agents)
 
     def resource(self) -> Any:
         """
@@ -251,6 +267,60 @@ class CaxtonAPI:
         ready = self._ready()
         return self._json(request, {"ready": ready}, 200 if ready else 503)
 
+    @app.route("/health/gossip", methods=["GET"])
+    def gossip_health(self, request: Any) -> bytes:
+        """
+        Membership health: peers, last full sync, agents, partition mode.
+        """
+        return self._json(request, self._cluster.gossip_health())
+
+    # Cluster ---------------------------------------------------------------------------
+
+    @app.route("/api/v1/cluster/members", methods=["GET"])
+    def cluster_members(self, request: Any) -> bytes:
+        """
+        Every member this node knows, itself included.
+        """
+        return self._json(request, {"members": self._cluster.members()})
+
+    @app.route("/api/v1/cluster/status", methods=["GET"])
+    def cluster_status(self, request: Any) -> bytes:
+        """
+        Partition mode, members by state, local health, agents.
+        """
+        return self._json(request, self._cluster.status())
+
+    @app.route("/api/v1/cluster/join", methods=["POST"])
+    async def cluster_join(self, request: Any) -> bytes:
+        """
+        Join through seed addresses: C{{"seeds": ["host:port", ...]}}.
+        """
+        body = self._body(request)
+        seeds = body.get("seeds") if isinstance(body, dict) else None
+        if isinstance(seeds, str):
+            seeds = [seeds]
+        if (
+            not isinstance(seeds, list)
+            or not 0 < len(seeds) <= 64
+            or not all(isinstance(seed, str) for seed in seeds)
+        ):
+            raise InvalidRequest("seeds: a list of 1 to 64 HOST:PORT addresses is required")
+        try:
+            addresses = [parse_host_port(seed) for seed in seeds]
+        except ValueError as e:
+            raise InvalidRequest(f"seeds: {e}")
+        reached = await _detached(self._cluster.join(addresses))
+        return self._json(request, {"joined": reached, "members": len(self._cluster.members())})
+
+    @app.route("/api/v1/cluster/leave", methods=["POST"])
+    async def cluster_leave(self, request: Any) -> bytes:
+        """
+        Leave the cluster gracefully; the node keeps running alone and can
+        join again.
+        """
+        await _detached(self._cluster.leave())
+        return self._json(request, {"left": True})
+
     # Agents ----------------------------------------------------------------------------
 
     async def _deploy_parts(self, request: Any, require_wasm: bool) -> tuple:
@@ -302,22 +372,26 @@ class CaxtonAPI:
     @app.route("/api/v1/agents", methods=["GET"])
     def list_agents(self, request: Any) -> bytes:
         """
-        The agents, filtered by capability, status and node, paged by name.
+        The cluster's agents, filtered by capability, status and node,
+        paged by name and node: this node's in full, other nodes' as the
+        registry knows them.
         """
         capability = _arg(request, "capability")
         status = _arg(request, "status")
         node = _arg(request, "node")
-        cursor = _arg(request, "cursor")
+        cursor = _cursor(_arg(request, "cursor"))
         limit = _int_arg(request, "limit", 100, 1, 1000)
         node_id = self._agents.node_id
+        rows: List[Tuple[Tuple[str, str], str, Any, Any]] = []
+        if node is None or node == node_id:
+            rows += [((c.name, node_id), c.status, c.spec.capabilities, c) for c in self._agents]
+            rows += [((v["name"], node_id), "deploying", (), v) for v in self._agents.deploying()]
+        for view in self._cluster.remote_agents(node):
+            rows.append(((view["name"], view["node"]), view["status"], view["capabilities"], view))
         views = []
         more = False
-        hosted = [(cell.name, cell.status, cell.spec.capabilities, cell) for cell in self._agents]
-        starting = [(view["name"], "deploying", (), view) for view in self._agents.deploying()]
-        for name, state, capabilities, item in sorted(hosted + starting, key=lambda entry: entry[0]):
-            if node is not None and node != node_id:
-                break
-            if cursor is not None and name <= cursor:
+        for key, state, capabilities, item in sorted(rows, key=lambda row: row[0]):
+            if cursor is not None and key <= cursor:
                 continue
             if capability is not None and capability not in capabilities:
                 continue
@@ -327,7 +401,7 @@ class CaxtonAPI:
                 more = True
                 break
             views.append(item if isinstance(item, dict) else item.view(node_id))
-        next_cursor = views[-1]["name"] if more and views else None
+        next_cursor = f"{views[-1]['name']}/{views[-1]['node']}" if more and views else None
         return self._json(request, {"agents": views, "next_cursor": next_cursor})
 
     def _cell(self, name: str) -> Any:
@@ -345,6 +419,11 @@ class CaxtonAPI:
         for view in self._agents.deploying():
             if view["name"] == name:
                 return self._json(request, view)
+        if self._agents.get(name) is None:
+            # Hosted elsewhere: what the registry knows.
+            for view in self._cluster.remote_agents():
+                if view["name"] == name:
+                    return self._json(request, view)
         return self._json(request, self._cell(name).view(self._agents.node_id))
 
     @app.route("/api/v1/agents/<name>", methods=["PUT"])

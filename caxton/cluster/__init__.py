@@ -1,0 +1,3 @@
+"""
+The cluster above membership: node streams, PKI, the agent registry.
+"""

@@ -1,0 +1,400 @@
+# -*- test-case-name: tests.test_registry -*-
+"""
+The agent registry: which node hosts which agent, learned by gossip
+(SPEC 5.2).
+
+Each node owns the entries of its own agents.  It publishes a new entry
+whenever one of its agents changes (deployed, updated, stopped, failed) and
+a tombstone when one is removed; the news rides SWIM's broadcasts
+(L{caxton.swim.messages.User}) and, in full, every push-pull exchange.
+
+Entries are versioned by C{(epoch, seq)}: the owner's start time and a
+counter, so news from a restarted owner beats whatever was said before the
+restart, and stale news loses wherever it arrives.  Removal leaves a
+tombstone (kept for L{TOMBSTONE_TTL}) so a late copy of the old entry
+cannot bring the agent back.
+
+Entries of a member that is dead or left are withdrawn: hidden from every
+query, and not re-learned from peers that have not heard of the death yet.
+They come back if the member does (a refuted false alarm), and are
+superseded by its fresh entries when it restarts.  A node that hears of
+entries it owns but does not know (its data directory was wiped, say)
+answers with tombstones, so they disappear everywhere.
+
+The registry is sans-I/O: it is given a clock and a function that queues a
+broadcast, and implements L{IMembershipDelegate} and
+L{IMembershipListener} for the SWIM core.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+
+import attr
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from caxton.swim.interfaces import IMembershipDelegate, IMembershipListener
+
+log = Logger()
+
+#: How long a removal is remembered, in seconds.
+TOMBSTONE_TTL = 24 * 3600.0
+
+#: A user broadcast carrying registry entries starts with this byte.
+ENTRIES = b"R"
+
+#: Largest entry sent by broadcast; bigger ones travel in push-pull only
+#: (a datagram holds 1400 bytes with everything else).
+MAX_BROADCAST = 1000
+
+#: Most entries merged from one push-pull exchange.
+MAX_REMOTE_ENTRIES = 200_000
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Entry:
+    """
+    One agent as the cluster knows it.
+
+    @ivar name: the agent's name.
+    @ivar node: the node that hosts it (and owns this entry).
+    @ivar epoch: the owner's start time in milliseconds.
+    @ivar seq: the owner's counter within that epoch.
+    @ivar version: the agent's deployment version.
+    @ivar status: the agent's status (C{running}, C{stopped}, ...).
+    @ivar capabilities: what it offers.
+    @ivar removed: a tombstone.
+    @ivar seen_at: when this node learned it (local time; not sent).
+    """
+
+    name: str
+    node: str
+    epoch: int
+    seq: int
+    version: int = 0
+    status: str = "running"
+    capabilities: Tuple[str, ...] = ()
+    removed: bool = False
+    seen_at: float = attr.ib(default=0.0, eq=False)
+
+    @property
+    def key(self) -> Tuple[str, str]:
+        """
+        Entries are kept per owner and name.
+        """
+        return (self.node, self.name)
+
+    @property
+    def stamp(self) -> Tuple[int, int]:
+        """
+        The entry's order among news about the same key.
+        """
+        return (self.epoch, self.seq)
+
+    def to_json(self) -> List[Any]:
+        """
+        The compact form sent on the wire.
+        """
+        return [
+            self.name,
+            self.node,
+            self.epoch,
+            self.seq,
+            self.version,
+            self.status,
+            list(self.capabilities),
+            1 if self.removed else 0,
+        ]
+
+    @classmethod
+    def from_json(cls, value: Any, now: float) -> "Entry":
+        """
+        Read one entry; C{ValueError} when it is malformed.
+        """
+        if not isinstance(value, list) or len(value) != 8:
+            raise ValueError("an entry is a list of 8 fields")
+        name, node, epoch, seq, version, status, capabilities, removed = value
+        strings = (name, node, status)
+        if not all(isinstance(s, str) and 0 < len(s) <= 256 for s in strings):
+            raise ValueError("name, node and status must be short strings")
+        numbers = (epoch, seq, version)
+        if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**63 for n in numbers):
+            raise ValueError("epoch, seq and version must be non-negative integers")
+        if not isinstance(capabilities, list) or len(capabilities) > 64:
+            raise ValueError("capabilities must be a list of at most 64 strings")
+        if not all(isinstance(c, str) and 0 < len(c) <= 256 for c in capabilities):
+            raise ValueError("capabilities must be short strings")
+        if removed not in (0, 1):
+            raise ValueError("removed must be 0 or 1")
+        return cls(
+            name=name,
+            node=node,
+            epoch=epoch,
+            seq=seq,
+            version=version,
+            status=status,
+            capabilities=tuple(capabilities),
+            removed=bool(removed),
+            seen_at=now,
+        )
+
+
+def encode_entries(entries: Iterable[Entry]) -> bytes:
+    """
+    Entries as the bytes of a broadcast or a push-pull state.
+    """
+    body = json.dumps([e.to_json() for e in entries], separators=(",", ":"), ensure_ascii=False)
+    return ENTRIES + body.encode("utf-8")
+
+
+def decode_entries(data: bytes, now: float, limit: int = MAX_REMOTE_ENTRIES) -> List[Entry]:
+    """
+    Read entries; C{ValueError} for anything malformed.
+    """
+    if not data.startswith(ENTRIES):
+        raise ValueError("not registry entries")
+    try:
+        values = json.loads(data[len(ENTRIES):].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"malformed entries: {e}")
+    if not isinstance(values, list) or len(values) > limit:
+        raise ValueError("entries must be a list of bounded length")
+    return [Entry.from_json(v, now) for v in values]
+
+
+@implementer(IMembershipDelegate, IMembershipListener)
+class Registry:
+    """
+    This node's view of which agent runs where.
+
+    @param node_id: this node's id.
+    @param epoch: this node's start time in milliseconds (orders its news
+        after whatever it said before a restart).
+    @param clock: C{seconds()} for tombstone expiry.
+    @param broadcast: queues a user broadcast, C{broadcast(key, payload)};
+        a newer broadcast under the same key replaces a queued one.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        epoch: int,
+        clock: Any,
+        broadcast: Callable[[str, bytes], None],
+        tombstone_ttl: float = TOMBSTONE_TTL,
+    ) -> None:
+        self.node_id = node_id
+        self.epoch = epoch
+        self._clock = clock
+        self._broadcast = broadcast
+        self._tombstone_ttl = tombstone_ttl
+        self._seq = 0
+        self._entries: Dict[Tuple[str, str], Entry] = {}
+        # Members known dead or left: their entries are withdrawn.
+        self._gone: Set[str] = set()
+        self.observers: List[Callable[[Entry], None]] = []
+
+    # This node's agents ---------------------------------------------------------
+
+    def _next(self, name: str, **fields: Any) -> Entry:
+        self._seq += 1
+        entry = Entry(
+            name=name,
+            node=self.node_id,
+            epoch=self.epoch,
+            seq=self._seq,
+            seen_at=self._clock.seconds(),
+            **fields,
+        )
+        self._store(entry)
+        payload = encode_entries([entry])
+        if len(payload) <= MAX_BROADCAST:
+            self._broadcast(f"agent/{self.node_id}/{name}", payload)
+        else:
+            log.info(
+                "registry entry for {agent} is too big to broadcast; it spreads by push-pull",
+                agent=name,
+            )
+        return entry
+
+    def publish(self, name: str, version: int, status: str, capabilities: Iterable[str]) -> Entry:
+        """
+        Announce one of this node's agents as it is now.
+        """
+        return self._next(name, version=version, status=status, capabilities=tuple(capabilities))
+
+    def withdraw(self, name: str) -> Entry:
+        """
+        Announce that one of this node's agents was removed.
+        """
+        return self._next(name, removed=True)
+
+    # Queries ----------------------------------------------------------------------
+
+    def entries(self, node: Optional[str] = None) -> List[Entry]:
+        """
+        The agents the cluster has, by name then node, without tombstones
+        or the agents of members that are gone.
+        """
+        found = [
+            e
+            for e in self._entries.values()
+            if not e.removed and e.node not in self._gone and (node is None or e.node == node)
+        ]
+        return sorted(found, key=lambda e: (e.name, e.node))
+
+    def lookup(self, name: str) -> List[Entry]:
+        """
+        The live entries for agent C{name} (more than one if two nodes host
+        an agent of that name).
+        """
+        return [e for e in self.entries() if e.name == name]
+
+    def offering(self, capability: str) -> List[Entry]:
+        """
+        The live entries of agents offering C{capability}.
+        """
+        return [e for e in self.entries() if capability in e.capabilities]
+
+    def count(self) -> int:
+        """
+        How many agents the cluster has.
+        """
+        return len(self.entries())
+
+    # Merging news ------------------------------------------------------------------
+
+    def _store(self, entry: Entry) -> None:
+        self._entries[entry.key] = entry
+        for observer in self.observers:
+            observer(entry)
+
+    def _merge(self, entries: Iterable[Entry]) -> int:
+        """
+        Keep what is newer than what we know; answer stale news about our
+        own agents with tombstones.  Returns how many entries changed.
+        """
+        changed = 0
+        for entry in entries:
+            if entry.node == self.node_id:
+                self._own_news(entry)
+                continue
+            if entry.node in self._gone:
+                # Do not re-learn a dead member's agents from a peer that
+                # has not heard of the death yet.
+                continue
+            known = self._entries.get(entry.key)
+            if known is not None and known.stamp >= entry.stamp:
+                continue
+            self._store(entry)
+            changed += 1
+        return changed
+
+    def _own_news(self, entry: Entry) -> None:
+        known = self._entries.get(entry.key)
+        if known is not None and known.stamp >= entry.stamp:
+            return
+        if entry.removed:
+            return
+        # Someone believes we host an agent we do not know at this version:
+        # news from before a restart (the agent is gone, or the data dir
+        # was wiped).  Say it is gone; if the agent exists, our manager
+        # republishes it with a newer stamp anyway.
+        if known is None or known.removed:
+            log.info(
+                "peers list agent {agent} on this node, which does not host it: withdrawing",
+                agent=entry.name,
+            )
+            self._seq = max(self._seq, entry.seq if entry.epoch == self.epoch else 0)
+            self.withdraw(entry.name)
+
+    def expire(self) -> int:
+        """
+        Forget tombstones older than the tombstone TTL; returns how many.
+        """
+        horizon = self._clock.seconds() - self._tombstone_ttl
+        old = [k for k, e in self._entries.items() if e.removed and e.seen_at < horizon]
+        for key in old:
+            del self._entries[key]
+        return len(old)
+
+    # IMembershipDelegate -----------------------------------------------------------
+
+    def local_state(self, join: bool) -> bytes:
+        """
+        Every entry we know, tombstones included, except those of members
+        that are gone.
+        """
+        return encode_entries(e for e in self._entries.values() if e.node not in self._gone)
+
+    def merge_remote_state(self, data: bytes, join: bool) -> None:
+        """
+        Merge a peer's entries from push-pull; drop malformed state.
+        """
+        if not data:
+            return
+        try:
+            entries = decode_entries(data, self._clock.seconds())
+        except ValueError as e:
+            log.warn("dropped a malformed registry state: {error}", error=str(e))
+            return
+        self._merge(entries)
+
+    def notify_user(self, payload: bytes) -> None:
+        """
+        Merge entries from a broadcast; drop malformed ones.
+        """
+        try:
+            entries = decode_entries(payload, self._clock.seconds(), limit=64)
+        except ValueError as e:
+            log.debug("dropped a malformed registry broadcast: {error}", error=str(e))
+            return
+        self._merge(entries)
+
+    # IMembershipListener -----------------------------------------------------------
+
+    def member_joined(self, member: Any) -> None:
+        """
+        A member (re)appeared: its entries count again.
+        """
+        self._gone.discard(member.node)
+
+    def member_updated(self, member: Any) -> None:
+        """
+        Nothing to do: entries do not depend on addresses.
+        """
+
+    def member_suspected(self, member: Any) -> None:
+        """
+        A suspect keeps its entries until it is declared dead.
+        """
+
+    def member_alive(self, member: Any) -> None:
+        """
+        A refuted suspicion changes nothing.
+        """
+        self._gone.discard(member.node)
+
+    def member_failed(self, member: Any) -> None:
+        """
+        A dead member's agents are withdrawn.
+        """
+        self._withdraw_member(member.node, "failed")
+
+    def member_left(self, member: Any) -> None:
+        """
+        A member that left takes its agents with it.
+        """
+        self._withdraw_member(member.node, "left")
+
+    def _withdraw_member(self, node: str, why: str) -> None:
+        if node == self.node_id:
+            return
+        self._gone.add(node)
+        count = sum(1 for e in self._entries.values() if e.node == node and not e.removed)
+        if count:
+            log.info(
+                "withdrew {count} agents of {node} ({why})", count=count, node=node, why=why
+            )

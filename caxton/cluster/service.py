@@ -1,0 +1,492 @@
+# -*- test-case-name: tests.test_cluster_service -*-
+"""
+A node's place in the cluster: SWIM membership over UDP, node streams
+over mutual TLS, and the agent registry, put together.
+
+L{ClusterService} owns the pieces and their order:
+
+  1. the gossip keyring and the UDP socket (C{bind}; port 0 picks one),
+  2. the node streams on the same host and port over TCP,
+  3. the SWIM core (L{caxton.swim.core.Membership}), with the registry as
+     its delegate and listener, this node's agents published in it, and a
+     reactor-lag monitor feeding Lifeguard,
+  4. a join through the seeds, retried with back-off, in the background
+     (a node whose seeds are all down still starts, and keeps trying).
+
+It is the core's L{ISwimTransport}: packets go out through the datagram
+protocol, push-pull and fallback pings through the node streams.  And it is
+the API's L{ICluster}: members, status, health, join and leave.
+
+Stopping leaves the cluster first (peers record this node as C{left}, not
+C{dead}), then closes streams and the socket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import time
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from caxton.cluster.interfaces import ICluster
+from caxton.cluster.pki import NodeTLS
+from caxton.cluster.registry import Registry
+from caxton.cluster.stream import Kind, NodeStreams
+from caxton.config import Config, ConfigError
+from caxton.errors import InvalidRequest, Unreachable
+from caxton.swim.codec import MAX_UINT32
+from caxton.swim.config import SwimConfig, profile
+from caxton.swim.core import Member, Membership
+from caxton.swim.interfaces import ISwimTransport, IMembershipListener
+from caxton.swim.keyring import Envelope, Keyring, KeyringError
+from caxton.swim.lag import LagMonitor
+from caxton.swim.messages import Address, State
+from caxton.swim.udp import SwimDatagramProtocol
+
+log = Logger()
+
+#: How often reactor lag is measured for Lifeguard, in seconds.
+LAG_INTERVAL = 0.1
+
+#: Incarnations start from the wall clock in seconds since this moment, so
+#: a restarted node's news beats what it said before (memberlist#311).
+INCARNATION_EPOCH = 1_767_225_600  # 2026-01-01T00:00:00Z
+
+#: The longest a graceful leave waits for its news to go out, in seconds.
+LEAVE_TIMEOUT = 3.0
+
+_STATES = {State.ALIVE: "alive", State.SUSPECT: "suspect", State.DEAD: "dead", State.LEFT: "left"}
+
+
+def _ip(host: str, what: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ConfigError(f"{what}: {host!r} must be an IP address")
+
+
+def _iso(seconds: Optional[float]) -> Optional[str]:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@implementer(ICluster, ISwimTransport, IMembershipListener)
+class ClusterService(Service):
+    """
+    This node's membership, node streams and registry.
+
+    @param reactor: the reactor (UDP, TCP, timers).
+    @param config: the node's configuration (C{bind}, C{tls_dir},
+        C{gossip.*}).
+    @param agents: the node's agent manager, whose agents are published.
+    """
+
+    name = "cluster"
+
+    def __init__(self, reactor: Any, config: Config, agents: Any) -> None:
+        self._reactor = reactor
+        self._agents = agents
+        self.node_id: str = config["node_id"]
+        self.cluster_name: str = config["gossip.cluster"]
+        self.profile_name: str = config["gossip.profile"]
+        try:
+            self.swim_config: SwimConfig = profile(self.profile_name, **config.swim_overrides)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"gossip: {e}")
+        host, port = config["bind"]
+        self._bind = (_ip(host, "bind"), port)
+        advertise = config["advertise"]
+        if advertise is not None:
+            advertise = (_ip(advertise[0], "advertise"), advertise[1])
+        elif ipaddress.ip_address(self._bind[0]).is_unspecified:
+            raise ConfigError(
+                f"advertise: needed when bind is {host} (the address other nodes reach this one at)"
+            )
+        self._advertise = advertise
+        self._seeds: Tuple[Tuple[str, int], ...] = config["gossip.seeds"]
+        self._join_retry_max: float = config["gossip.join_retry_max"]
+        self._key_file: Optional[str] = config["gossip.key_file"]
+        self.tls = NodeTLS(config["tls_dir"] or "")
+        self._tls_given = config["tls_dir"] is not None
+        self._rng = random.Random()
+        self.epoch_ms = 0
+        self.address: Optional[Address] = None
+        self.envelope: Optional[Envelope] = None
+        self.udp: Optional[SwimDatagramProtocol] = None
+        self.streams: Optional[NodeStreams] = None
+        self.membership: Optional[Membership] = None
+        self.registry: Optional[Registry] = None
+        self._port: Any = None
+        self._lag = LagMonitor(reactor, LAG_INTERVAL, self._lagged)
+        self._joining: Optional[Deferred] = None
+        self._largest = 1
+        self.last_sync: Optional[float] = None
+
+    # Start and stop -------------------------------------------------------------
+
+    async def open(self) -> None:
+        """
+        Bind UDP and the node streams, start membership, publish this
+        node's agents, and start joining the seeds.
+
+        @raise ConfigError: for a missing or unusable TLS directory or
+            gossip key file.
+        """
+        if not self._tls_given:
+            raise ConfigError(
+                "tls_dir: a clustered node needs the cluster CA and its certificate "
+                "(make them with: caxton certs init-ca; caxton certs issue NODE_ID)"
+            )
+        keyring = None
+        if self._key_file is not None:
+            try:
+                keyring = Keyring.from_file(self._key_file)
+            except (OSError, KeyringError) as e:
+                raise ConfigError(f"gossip.key_file: {e}")
+        else:
+            log.warn("gossip is not encrypted: set gossip.key_file (make a key with: caxton gossip-key)")
+        self.epoch_ms = int(time.time() * 1000)
+        self.envelope = Envelope(
+            self.node_id, self.cluster_name, keyring, self._reactor, epoch_ms=self.epoch_ms
+        )
+        self.udp = SwimDatagramProtocol(self.envelope, self._deliver)
+        host, port = self._bind
+        self._port = self._reactor.listenUDP(port, self.udp, interface=host, maxPacketSize=65535)
+        port = self._port.getHost().port
+        try:
+            endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
+            self.streams = NodeStreams(
+                self._reactor,
+                self.node_id,
+                self.cluster_name,
+                self.tls,
+                endpoint_type(self._reactor, port, interface=host),
+                connect_timeout=self.swim_config.tcp_timeout,
+            )
+            self.streams.register_handler(Kind.PUSH_PULL, self._push_pull_received)
+            await self.streams.open()
+        except BaseException:
+            await self._port.stopListening()
+            self._port = None
+            raise
+        advertise = self._advertise or (host, port)
+        self.address = Address(advertise[0], advertise[1] or port)
+        self._start_membership()
+        self._lag.start()
+        log.info(
+            "node {node_id} gossiping on {address} (cluster {cluster}, profile {profile}, {encryption})",
+            node_id=self.node_id,
+            address=str(self.address),
+            cluster=self.cluster_name,
+            profile=self.profile_name,
+            encryption="encrypted" if keyring is not None else "NOT encrypted",
+        )
+        if self._seeds:
+            self._join_in_background(self._seeds)
+
+    def _start_membership(self) -> None:
+        """
+        A fresh SWIM core and registry (at start, and when joining again
+        after a leave), with this node's agents published.
+        """
+        incarnation = max(0, min(MAX_UINT32, int(time.time()) - INCARNATION_EPOCH))
+        if self.membership is not None:
+            incarnation = max(incarnation, self.membership.incarnation + 1)
+        self.registry = Registry(self.node_id, self.epoch_ms, self._reactor, self._broadcast)
+        self.membership = Membership(
+            self.swim_config,
+            self.node_id,
+            self.address,
+            self._reactor,
+            self._rng,
+            self,
+            incarnation=incarnation,
+            delegate=self.registry,
+            overhead=self.envelope.overhead,
+        )
+        self.membership.add_listener(self.registry)
+        self.membership.add_listener(self)
+        self._largest = 1
+        self.membership.start()
+        for cell in self._agents:
+            self.agent_changed(cell.name, cell)
+        if self.agent_changed not in self._agents.observers:
+            self._agents.observers.append(self.agent_changed)
+
+    def _broadcast(self, key: str, payload: bytes) -> None:
+        if self.membership is not None:
+            self.membership.broadcast_user(key, payload)
+
+    async def close(self) -> None:
+        """
+        Leave (if not done), then stop membership, streams and the socket.
+        """
+        if self.membership is not None and not self.membership.left:
+            await self.leave_gracefully()
+        if self._joining is not None:
+            self._joining.cancel()
+        self._lag.stop()
+        if self.membership is not None:
+            self.membership.stop()
+        if self.agent_changed in self._agents.observers:
+            self._agents.observers.remove(self.agent_changed)
+        if self.streams is not None:
+            await self.streams.close()
+        if self._port is not None:
+            await self._port.stopListening()
+            self._port = None
+
+    async def leave_gracefully(self) -> None:
+        """
+        Tell the cluster this node is leaving and wait (bounded) until the
+        news went out.
+        """
+        if self.membership is None or self.membership.left:
+            return
+        if self._joining is not None:
+            self._joining.cancel()
+        log.info("node {node_id} leaving the cluster", node_id=self.node_id)
+        await self.membership.leave(LEAVE_TIMEOUT)
+
+    # Joining ---------------------------------------------------------------------
+
+    async def _addresses(self, seeds: Sequence[Tuple[str, int]]) -> List[Address]:
+        """
+        Seeds as addresses: names (a Kubernetes service, say) resolved.
+        """
+        found = []
+        for host, port in seeds:
+            try:
+                ip = str(ipaddress.ip_address(host))
+            except ValueError:
+                try:
+                    ip = await self._reactor.resolve(host)
+                except Exception as e:
+                    log.warn("cannot resolve seed {seed}: {error}", seed=f"{host}:{port}", error=str(e))
+                    continue
+            found.append(Address(ip, port))
+        return found
+
+    def _join_in_background(self, seeds: Sequence[Tuple[str, int]]) -> None:
+        async def go() -> None:
+            addresses = []
+            delay = 1.0
+            for _ in range(1_000_000):
+                addresses = await self._addresses(seeds)
+                if addresses or self.membership is None or self.membership.left:
+                    break
+                await self._sleep(delay)
+                delay = min(self._join_retry_max, delay * 2)
+            if not addresses or self.membership is None:
+                return
+            reached = await self.membership.join_with_retry(addresses, max_delay=self._join_retry_max)
+            log.info("joined through {reached} of {count} seeds", reached=reached, count=len(addresses))
+
+        self._joining = Deferred.fromCoroutine(go())
+        self._joining.addErrback(lambda f: None if f.check(Exception) else f)
+
+    def _sleep(self, seconds: float) -> Deferred:
+        d: Deferred = Deferred()
+        call = self._reactor.callLater(seconds, d.callback, None)
+        d.addErrback(lambda f: (call.cancel() if call.active() else None, f)[1])
+        return d
+
+    async def join(self, seeds: Sequence[Tuple[str, int]]) -> int:
+        """
+        Join through C{seeds} now (one round, no retry): how many answered.
+
+        @raise Unreachable: when none did.
+        """
+        if self.membership is None:
+            raise InvalidRequest("the cluster layer is not running")
+        if self.membership.left:
+            # Joining again after a leave: a fresh view, a new incarnation.
+            self.membership.stop()
+            self._start_membership()
+        addresses = await self._addresses(seeds)
+        reached = await self.membership.join(addresses) if addresses else 0
+        if not reached:
+            raise Unreachable("no seed answered (see the node's log for why)")
+        return reached
+
+    async def leave(self) -> None:
+        """
+        Leave the cluster gracefully; the node keeps running alone, and
+        can join again.
+        """
+        if self.membership is None or self.membership.left:
+            raise InvalidRequest("this node is not in a cluster")
+        await self.leave_gracefully()
+
+    # ISwimTransport ---------------------------------------------------------------
+
+    def send_packet(self, addr: Address, packet: bytes) -> None:
+        if self.udp is not None:
+            self.udp.send_packet(addr, packet)
+
+    def push_pull(self, node: Optional[str], addr: Address, state: bytes) -> Deferred:
+        d = self.streams.request(node, addr, Kind.PUSH_PULL, state, self.swim_config.tcp_timeout)
+        return d.addCallback(self._synced)
+
+    def stream_ping(self, node: str, addr: Address) -> Deferred:
+        return self.streams.ping(node, addr, self.swim_config.probe_timeout * 4)
+
+    def _synced(self, result: bytes) -> bytes:
+        self.last_sync = self._reactor.seconds()
+        return result
+
+    def _deliver(self, addr: Address, packet: bytes) -> None:
+        if self.membership is not None:
+            self.membership.packet_received(addr, packet)
+
+    def _push_pull_received(self, peer: str, payload: bytes) -> bytes:
+        if self.membership is None:
+            raise RuntimeError("membership is not running")
+        answer = self.membership.push_pull_received(payload)
+        self.last_sync = self._reactor.seconds()
+        return answer
+
+    def _lagged(self, lag: float) -> None:
+        if self.membership is not None:
+            self.membership.note_lag(lag)
+
+    # This node's agents ---------------------------------------------------------
+
+    def agent_changed(self, name: str, cell: Any) -> None:
+        """
+        Publish a change to one of this node's agents (C{cell} is None when
+        it was removed).
+        """
+        if self.registry is None:
+            return
+        if cell is None:
+            self.registry.withdraw(name)
+        else:
+            self.registry.publish(name, cell.version, cell.status, cell.spec.capabilities)
+
+    # IMembershipListener: the largest cluster seen (the core logs changes) --
+
+    def member_joined(self, member: Member) -> None:
+        counts = self._counts()
+        self._largest = max(self._largest, counts["alive"] + counts["suspect"] + counts["dead"])
+
+    def member_updated(self, member: Member) -> None:
+        pass
+
+    def member_suspected(self, member: Member) -> None:
+        pass
+
+    def member_alive(self, member: Member) -> None:
+        pass
+
+    def member_failed(self, member: Member) -> None:
+        pass
+
+    def member_left(self, member: Member) -> None:
+        # A member that left on purpose is no longer expected.
+        self._largest = max(1, self._largest - 1)
+
+    # ICluster --------------------------------------------------------------------
+
+    def _counts(self) -> Dict[str, int]:
+        counts = {"alive": 0, "suspect": 0, "dead": 0, "left": 0}
+        if self.membership is not None:
+            for member in self.membership.members():
+                counts[_STATES[member.state]] += 1
+        return counts
+
+    def partition(self) -> str:
+        """
+        C{majority}, C{minority} or C{isolated}: the members this node can
+        reach (alive or suspect, itself included) against the largest
+        cluster it has seen, less the members that left.
+        """
+        counts = self._counts()
+        reachable = counts["alive"] + counts["suspect"]
+        expected = max(self._largest, reachable)
+        if reachable * 2 > expected:
+            return "majority"
+        if reachable <= 1:
+            return "isolated"
+        return "minority"
+
+    def members(self) -> List[Dict[str, Any]]:
+        if self.membership is None:
+            return []
+        agents: Dict[str, int] = {}
+        if self.registry is not None:
+            for entry in self.registry.entries():
+                agents[entry.node] = agents.get(entry.node, 0) + 1
+        views = []
+        for member in sorted(self.membership.members(), key=lambda m: m.node):
+            views.append(
+                {
+                    "id": member.node,
+                    "address": str(member.addr),
+                    "state": _STATES[member.state],
+                    "incarnation": member.incarnation,
+                    "since": _iso(member.state_change),
+                    "agents": agents.get(member.node, 0),
+                    "self": member.node == self.node_id,
+                }
+            )
+        return views
+
+    def status(self) -> Dict[str, Any]:
+        membership = self.membership
+        return {
+            "node_id": self.node_id,
+            "clustered": True,
+            "cluster": self.cluster_name,
+            "address": str(self.address) if self.address else None,
+            "profile": self.profile_name,
+            "encrypted": bool(self.envelope and self.envelope.encrypted),
+            "partition": self.partition(),
+            "left": bool(membership and membership.left),
+            "members": self._counts(),
+            "expected": max(self._largest, 1),
+            "local_health": membership.local_health if membership else 0,
+            "incarnation": membership.incarnation if membership else 0,
+            "agents": self.registry.count() if self.registry else 0,
+            "last_sync": _iso(self.last_sync),
+            "streams": self.streams.connected_peers() if self.streams else [],
+        }
+
+    def gossip_health(self) -> Dict[str, Any]:
+        counts = self._counts()
+        partition = self.partition()
+        health = self.membership.local_health if self.membership else 0
+        healthy = partition == "majority" and health == 0 and self.membership is not None
+        return {
+            "status": "healthy" if healthy else "degraded",
+            "clustered": True,
+            "peer_count": max(0, counts["alive"] + counts["suspect"] - 1),
+            "last_sync": _iso(self.last_sync),
+            "agent_count": self.registry.count() if self.registry else 0,
+            "partition": partition,
+            "local_health": health,
+        }
+
+    def remote_agents(self, node: Optional[str] = None) -> List[Dict[str, Any]]:
+        if self.registry is None:
+            return []
+        return [
+            {
+                "name": e.name,
+                "node": e.node,
+                "version": e.version,
+                "status": e.status,
+                "capabilities": list(e.capabilities),
+                "remote": True,
+            }
+            for e in self.registry.entries(node)
+            if e.node != self.node_id
+        ]
