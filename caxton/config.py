@@ -266,6 +266,7 @@ KEYS: Tuple[Key, ...] = (
     Key("gossip.dead_node_reclaim_time", parse_duration_or_zero, None),
     Key("gossip.tcp_timeout", parse_duration, None),
     Key("gossip.lifeguard", parse_bool, None),
+    Key("gossip.fast_fail_refused", parse_bool, None),
 )
 
 #: The C{gossip.*} keys that are SWIM knobs, named as in
@@ -285,6 +286,7 @@ SWIM_KNOBS = (
     "dead_node_reclaim_time",
     "tcp_timeout",
     "lifeguard",
+    "fast_fail_refused",
 )
 
 _BY_PATH = {key.path: key for key in KEYS}

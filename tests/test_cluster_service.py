@@ -170,6 +170,9 @@ class LoopbackTests(TestCase):
         await until(lambda: [a["name"] for a in second.remote_agents()] == ["agent-n1"], "n1's agent on n2")
         self.assertEqual(first.status()["encrypted"], True)
         self.assertEqual(first.gossip_health()["peer_count"], 1)
+        counters = first.status()["counters"]
+        self.assertGreater(counters["udp"]["packets_out"], 0)
+        self.assertGreater(counters["swim"]["probes"] + counters["swim"]["push_pulls_received"], 0)
         await second.leave()
         await until(lambda: states(first).get("n2") == "left", "n2 left")
         self.assertEqual(first.remote_agents(), [])

@@ -53,6 +53,7 @@ from caxton.cluster.stream import (
     Response,
     encode_frame,
 )
+from caxton.swim.interfaces import StreamPing
 from caxton.swim.messages import Address
 
 ECHO = 16
@@ -867,6 +868,56 @@ class ConnectionTests(StreamTestCase):
         await b.stopService()
         self.assertFalse(await a.ping("b", dead, 5))
         self.assertFalse(await a.ping("b", Address("127.0.0.1", 1), 5))
+
+    async def test_probe_tells_refused_from_silent(self) -> None:
+        """
+        probe says ANSWERED for the node itself; REFUSED where nothing
+        listens (a stopped node's address, also while backing off from
+        that failure); SILENT for another node at the address or a
+        listener that never finishes the TLS handshake.
+        """
+        a = await self.node("a")
+        b = await self.node("b")
+        assert b.address is not None
+        self.assertIs(await a.probe("b", b.address, 5), StreamPing.ANSWERED)
+        gone = b.address
+        await b.stopService()
+        self.assertIs(await a.probe("b", gone, 5), StreamPing.REFUSED)
+        self.assertIs(await a.probe("b", gone, 5), StreamPing.REFUSED)
+        d = await self.node("d")
+        assert d.address is not None
+        self.assertIs(await a.probe("c", d.address, 5), StreamPing.SILENT)
+        from twisted.internet import reactor
+
+        mute = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(Protocol)
+        )
+        self.addCleanup(mute.stopListening)
+        quiet = Address("127.0.0.1", mute.getHost().port)
+        self.assertIs(await a.probe("b", quiet, 0.5), StreamPing.SILENT)
+
+    async def test_peer_lost_without_a_word(self) -> None:
+        """
+        A connection that drops without a shutdown frame (the peer's
+        process died) is reported through on_peer_lost; a peer that stops
+        gracefully, or a close of our own, is not.
+        """
+        a = await self.node("a")
+        lost: List[str] = []
+        a.on_peer_lost = lost.append
+        b = await self.node("b")
+        c = await self.node("c")
+        assert b.address is not None and c.address is not None
+        await a.request("b", b.address, ECHO, b"x", 5)
+        await a.request("c", c.address, ECHO, b"x", 5)
+        # b dies: its side of the TCP connection is torn down abruptly.
+        for conn in list(b._connections):
+            conn.transport.abortConnection()
+        await self.settle(lambda: lost == ["b"], "a told b was lost")
+        # c shuts down properly and a closes nothing of its own: no report.
+        await c.stopService()
+        await self.settle(lambda: a.connection_count() == 0, "a saw c close")
+        self.assertEqual(lost, ["b"])
 
     async def test_stop_fails_waiting_requests(self) -> None:
         """

@@ -45,6 +45,7 @@ from caxton.swim.messages import (
     Suspect,
     User,
 )
+from caxton.swim.interfaces import StreamPing
 from caxton.swim.simulator import RecordingTransport
 
 HERE = Address("10.0.0.1", 7946)
@@ -715,6 +716,43 @@ class RoundRobinTests(SynchronousTestCase):
         self.assertEqual(len(h.m.members()), 8)
 
 
+class ProbeSoonTests(SynchronousTestCase):
+    """
+    L{Membership.probe_soon} jumps the round-robin queue.
+    """
+
+    def test_probed_now(self) -> None:
+        """
+        Between probes, the member asked for is pinged at once, ahead of
+        the round-robin order; then the walk goes on.
+        """
+        h = Harness(["b", "c", "d", "e", "f"])
+        h.m.start()
+        h.run_until(lambda: h.m.stats.probes == 2)
+        h.run(0.3)
+        walk = [m.target for _, m in h.sent_of(Ping)]
+        later = [n for n in "bcdef" if n not in walk][-1]
+        h.m.probe_soon(later)
+        h.clock.advance(0)
+        self.assertEqual(h.sent_of(Ping)[-1][1].target, later)
+        self.assertEqual(h.m.stats.probes, 3)
+
+    def test_ignored(self) -> None:
+        """
+        Unknown, dead or self: nothing happens.
+        """
+        h = Harness(["b"])
+        h.m.start()
+        h.run_until(lambda: h.m.stats.probes == 1)
+        h.run(0.3)
+        before = h.m.stats.probes
+        h.feed(Dead(1, "b", "c"))
+        for node in ("b", "zz", "a"):
+            h.m.probe_soon(node)
+        h.clock.advance(0)
+        self.assertEqual(h.m.stats.probes, before)
+
+
 class IndirectProbeTests(SynchronousTestCase):
     """
     Indirect probes and their helpers (notes 2.3 steps 3-7).
@@ -765,9 +803,74 @@ class IndirectProbeTests(SynchronousTestCase):
         h.silent.add("b")
         h.m.start()
         h.run_until(lambda: h.transport.stream_pings != [])
-        h.transport.stream_pings[0][2].callback(True)
+        h.transport.stream_pings[0][2].callback(StreamPing.ANSWERED)
         h.run(1.0, answer=False)
         self.assertEqual(h.m.stats.stream_ping_rescues, 1)
+        self.assertEqual(h.m.member("b").state, State.ALIVE)
+
+    def _failed_probe(self, outcome: StreamPing, **config: Any) -> Harness:
+        """
+        Five members, b silent; b's stream ping ends with C{outcome}; run
+        until b is suspected.
+        """
+        h = Harness(["b", "c", "d", "e"], config=SwimConfig(**config))
+        h.silent.add("b")
+        h.m.start()
+
+        def stream_pinged() -> bool:
+            for node, _, d in h.transport.stream_pings:
+                if node == "b" and not d.called:
+                    d.callback(outcome)
+                    return True
+            return False
+
+        h.run_until(stream_pinged)
+        h.run_until(lambda: h.m.member("b").state == State.SUSPECT)
+        return h
+
+    def test_refused_fails_fast(self) -> None:
+        """
+        A failed probe whose stream ping was refused by b's host (nothing
+        listens there: the process is gone) suspects b for one probe
+        interval, not Lifeguard's 4 s minimum, and no confirmation
+        lengthens that.
+        """
+        h = self._failed_probe(StreamPing.REFUSED)
+        suspected = h.clock.seconds()
+        self.assertEqual(h.m.stats.refused_probes, 1)
+        h.feed(Suspect(1, "b", "c"))
+        h.run_until(lambda: h.m.member("b").state == State.DEAD, limit=5.0)
+        self.assertLessEqual(abs(h.clock.seconds() - suspected - 1.0), 0.02)
+
+    def test_silent_keeps_lifeguard_timer(self) -> None:
+        """
+        A stream ping that was merely unanswered (a slow or cut-off node)
+        leaves the suspicion on Lifeguard's timer: nothing happens in the
+        first 4 s.
+        """
+        h = self._failed_probe(StreamPing.SILENT)
+        self.assertEqual(h.m.stats.refused_probes, 0)
+        h.run(3.9, answer=False)
+        self.assertEqual(h.m.member("b").state, State.SUSPECT)
+
+    def test_refused_fast_path_off(self) -> None:
+        """
+        With C{fast_fail_refused} off, a refusal is treated like silence.
+        """
+        h = self._failed_probe(StreamPing.REFUSED, fast_fail_refused=False)
+        h.run(3.9, answer=False)
+        self.assertEqual(h.m.member("b").state, State.SUSPECT)
+
+    def test_refused_can_be_refuted(self) -> None:
+        """
+        The accused still gets its probe interval: an alive message with a
+        higher incarnation within it (a node that came back) clears the
+        suspicion.
+        """
+        h = self._failed_probe(StreamPing.REFUSED)
+        h.feed(Alive(2, "b", addr_of("b")))
+        h.silent.discard("b")
+        h.run(2.0)
         self.assertEqual(h.m.member("b").state, State.ALIVE)
 
     def test_plain_swim_no_nack(self) -> None:

@@ -128,6 +128,28 @@ class ClusterTests(SynchronousTestCase):
         self.assertEqual(sim.false_positives("dead"), 0)
         self.assertTrue(all(sim.view(i)["n4"][0] == State.DEAD for i in range(10) if i != 4))
 
+    def test_refused_detected_faster(self) -> None:
+        """
+        Over the same seeds, a killed process whose host refuses its stream
+        (kill -9 on a live machine) is seen dead by all sooner, at the
+        median, than one whose host went silent (the machine died), which
+        waits out Lifeguard's suspicion timer: at least 4 s (suspicion_mult
+        x 1 s).  (Not every run: a member that misses every copy of the
+        death still waits out its own timer, as in memberlist.)
+        """
+        refused, silent = [], []
+        for seed in range(9):
+            for host_down, times in ((False, refused), (True, silent)):
+                sim = Simulation(8, seed=100 + seed)
+                self.assertIsNotNone(sim.run_until(sim.converged, 30))
+                sim.kill(3, host_down=host_down)
+                took = sim.run_until(lambda: sim.all_see_dead(3), 60)
+                self.assertIsNotNone(took)
+                self.assertEqual(sim.false_positives("dead"), 0)
+                times.append(took)
+        self.assertGreater(min(silent), 4.0, silent)
+        self.assertLess(sorted(refused)[4] + 1.0, sorted(silent)[4], (refused, silent))
+
     def test_graceful_leave(self) -> None:
         """
         A node that leaves is recorded as left (not failed) everywhere.

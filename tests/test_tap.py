@@ -67,6 +67,36 @@ class PluginTests(SynchronousTestCase):
             ["store", "runtime", "agents", "retention", "api-0", "api-1"],
         )
 
+    def test_clustered_children(self) -> None:
+        """
+        With --bind, a C{cluster} child comes after the agents (whose
+        entries it publishes) and before the API; the cluster options set
+        their config keys.
+        """
+        options = Options()
+        options.parseOptions(
+            [
+                "--data-dir", self.mktemp(),
+                "--bind", "127.0.0.1:7000",
+                "--advertise", "10.0.0.1:7000",
+                "--join", "10.0.0.2:7946,10.0.0.3",
+                "--tls-dir", "/tls",
+                "--gossip-key-file", "/gossip.key",
+                "--profile", "wan",
+            ]
+        )
+        config = options.config
+        self.assertEqual(config["bind"], ("127.0.0.1", 7000))
+        self.assertEqual(config["gossip.seeds"], (("10.0.0.2", 7946), ("10.0.0.3", 7946)))
+        self.assertEqual((config["tls_dir"], config["gossip.key_file"], config["gossip.profile"]),
+                         ("/tls", "/gossip.key", "wan"))
+        service = build_node(config, MemoryReactorClock())
+        self.assertEqual(
+            [child.name for child in service],
+            ["store", "runtime", "agents", "cluster", "retention", "api-0"],
+        )
+        self.assertEqual(service.getServiceNamed("cluster").swim_config.probe_interval, 5.0)
+
 
 class EndpointErrorTests(SynchronousTestCase):
     """

@@ -172,6 +172,7 @@ class ClusterService(Service):
                 connect_timeout=self.swim_config.tcp_timeout,
             )
             self.streams.register_handler(Kind.PUSH_PULL, self._push_pull_received)
+            self.streams.on_peer_lost = self._peer_lost
             await self.streams.open()
         except BaseException:
             await self._port.stopListening()
@@ -337,7 +338,7 @@ class ClusterService(Service):
         return d.addCallback(self._synced)
 
     def stream_ping(self, node: str, addr: Address) -> Deferred:
-        return self.streams.ping(node, addr, self.swim_config.probe_timeout * 4)
+        return self.streams.probe(node, addr, self.swim_config.probe_interval)
 
     def _synced(self, result: bytes) -> bytes:
         self.last_sync = self._reactor.seconds()
@@ -353,6 +354,10 @@ class ClusterService(Service):
         answer = self.membership.push_pull_received(payload)
         self.last_sync = self._reactor.seconds()
         return answer
+
+    def _peer_lost(self, node: str) -> None:
+        if self.membership is not None:
+            self.membership.probe_soon(node)
 
     def _lagged(self, lag: float) -> None:
         if self.membership is not None:
@@ -458,6 +463,10 @@ class ClusterService(Service):
             "agents": self.registry.count() if self.registry else 0,
             "last_sync": _iso(self.last_sync),
             "streams": self.streams.connected_peers() if self.streams else [],
+            "counters": {
+                "swim": membership.stats.as_dict() if membership else {},
+                "udp": self.udp.stats.as_dict() if self.udp else {},
+            },
         }
 
     def gossip_health(self) -> Dict[str, Any]:

@@ -123,6 +123,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
+from twisted.internet.error import ConnectionRefusedError as TCPConnectionRefused
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -130,6 +131,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from caxton.cluster.pki import NODE_ID, NodeTLS, TLSConfigError, node_id_of
+from caxton.swim.interfaces import StreamPing
 from caxton.swim.messages import Address
 
 log = Logger()
@@ -459,7 +461,14 @@ class PeerUnreachable(StreamError):
     """
     No connection could be made (refused, timed out, or backing off after
     recent failures).
+
+    @ivar refused: the peer's host refused the TCP connection (nothing
+        listens there), now or at the failure being backed off from.
     """
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 class PeerConnectionLost(StreamError):
@@ -520,6 +529,7 @@ class _Backoff:
     failures: int
     until: float
     error: str
+    refused: bool = False
 
 
 _TLS_STATE = "tls"
@@ -1147,6 +1157,10 @@ class NodeStreams(Service):
         self._dials: Dict[Address, _Dial] = {}
         self._node_waiters: Dict[str, List[Tuple[Deferred, IDelayedCall]]] = {}
         self._backoff: Dict[Address, _Backoff] = {}
+        #: Told C{on_peer_lost(node_id)} when a ready connection is lost
+        #: without the peer saying why (no shutdown or refusal frame) and
+        #: not by this side's doing: a hint that the peer's process died.
+        self.on_peer_lost: Optional[Callable[[str], None]] = None
 
     # -- life
 
@@ -1328,19 +1342,35 @@ class NodeStreams(Service):
             be C{node} (certificate, HELLO and PING answer agree), C{False}
             otherwise; it never fails.
         """
+        return self.probe(node, addr, timeout).addCallback(lambda found: found is StreamPing.ANSWERED)
+
+    def probe(self, node: str, addr: Address, timeout: float) -> Deferred:
+        """
+        Probe C{node} at C{addr} over a stream, for SWIM (its
+        L{ISwimTransport.stream_ping}).
+
+        @return: a Deferred that fires with L{StreamPing.ANSWERED} when the
+            peer proved to be C{node}, L{StreamPing.REFUSED} when its host
+            refused the TCP connection (nothing listens there), and
+            L{StreamPing.SILENT} for anything else; it never fails.
+        """
         d = self.request(node, addr, Kind.PING, b"", timeout)
 
-        def answered(payload: bytes) -> bool:
-            return payload == node.encode("utf-8")
+        def answered(payload: bytes) -> StreamPing:
+            if payload == node.encode("utf-8"):
+                return StreamPing.ANSWERED
+            return StreamPing.SILENT
 
-        def failed(failure: Failure) -> bool:
+        def failed(failure: Failure) -> StreamPing:
             log.debug(
                 "stream ping of {node} at {addr} failed: {error}",
                 node=node,
                 addr=str(addr),
                 error=failure.getErrorMessage(),
             )
-            return False
+            if failure.check(PeerUnreachable) and failure.value.refused:
+                return StreamPing.REFUSED
+            return StreamPing.SILENT
 
         return d.addCallbacks(answered, failed)
 
@@ -1417,7 +1447,8 @@ class NodeStreams(Service):
                 return fail(
                     PeerUnreachable(
                         f"{addr} failed {backoff.failures} time(s), last: {backoff.error}; "
-                        f"next attempt in {backoff.until - now:.1f}s"
+                        f"next attempt in {backoff.until - now:.1f}s",
+                        refused=backoff.refused,
                     )
                 )
             dial = self._start_dial(node, addr)
@@ -1444,7 +1475,10 @@ class NodeStreams(Service):
             self.counters["dial_failures"] += 1
             self._finish_dial(
                 dial,
-                error=PeerUnreachable(f"cannot connect to {addr}: {failure.getErrorMessage()}"),
+                error=PeerUnreachable(
+                    f"cannot connect to {addr}: {failure.getErrorMessage()}",
+                    refused=failure.check(TCPConnectionRefused) is not None,
+                ),
             )
 
         connecting.addErrback(failed)
@@ -1491,7 +1525,8 @@ class NodeStreams(Service):
         previous = self._backoff.get(addr)
         failures = previous.failures + 1 if previous is not None else 1
         delay = min(self.backoff_initial * 2 ** (failures - 1), self.backoff_max)
-        self._backoff[addr] = _Backoff(failures, self.clock.seconds() + delay, str(error))
+        refused = isinstance(error, PeerUnreachable) and error.refused
+        self._backoff[addr] = _Backoff(failures, self.clock.seconds() + delay, str(error), refused)
 
     def _wait_for_node(self, node: str, d: Deferred) -> None:
         conn = self._peers.get(node)
@@ -1663,6 +1698,19 @@ class NodeStreams(Service):
             self._finish_dial(conn.dial, error=error)
         if conn.was_ready:
             log.info("stream with {peer} closed", peer=conn.describe())
+        if (
+            was == _READY
+            and conn.refusal is None
+            and conn.peer_node is not None
+            and self.accepting
+            and self.on_peer_lost is not None
+        ):
+            # The peer went without a word (no shutdown frame): its process
+            # may have died.  Membership probes it at once.
+            try:
+                self.on_peer_lost(conn.peer_node)
+            except Exception:
+                log.failure("on_peer_lost for {peer}", peer=conn.peer_node)
 
     def _count_refusal(self, side: str, reason: int) -> None:
         self.counters[f"refused_{side}_{_reason_name(reason)}"] += 1

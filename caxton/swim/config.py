@@ -77,6 +77,10 @@ class SwimConfig:
         probe timeout.
     @ivar stream_ping: whether a failed probe also tries the stream
         (memberlist's TCP fallback ping).
+    @ivar fast_fail_refused: when a failed probe's stream ping was refused
+        by the target's host (no process listens there: a crash or kill on
+        a host that is up), suspect it for one probe interval only, instead
+        of Lifeguard's decaying timer; a Caxton extension (docs/cluster.md).
     @ivar reconnect_interval: how often to try a push-pull with a member
         declared dead (Serf's reconnect, 30 s): what heals a partition that
         outlasted C{gossip_to_the_dead_time}, after which the two sides no
@@ -105,6 +109,7 @@ class SwimConfig:
         validator=_positive,
     )
     stream_ping: bool = True
+    fast_fail_refused: bool = True
     reconnect_interval: float = attr.ib(default=30.0, validator=_positive)
     reconnect_timeout: float = attr.ib(default=24 * 3600.0, validator=_not_negative)
 

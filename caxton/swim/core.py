@@ -40,6 +40,18 @@ Where Caxton departs from memberlist, the code says so:
     address is taken back as soon as its old address is found dead,
     instead of waiting for its announcement to come round again
     (memberlist#311's slow mass restart);
+  - a failed probe whose stream ping was refused by the target's host
+    (nothing listens at its address: the process crashed or was killed on
+    a host that is up) suspects the target for one probe interval instead
+    of Lifeguard's C{min..max} timer (C{fast_fail_refused}).  A slow, cut
+    off or partitioned node does not refuse connections, it is silent, so
+    Lifeguard's protection against false positives is untouched; a dead
+    process is declared dead in about two probe intervals, not
+    C{suspicion_mult} of them;
+  - L{Membership.probe_soon} puts a member at the head of the probe
+    order (the node stream to it was lost without a word: its process may
+    have died), so a crash is noticed without waiting for the round-robin
+    walk to come round to it;
   - listeners hear about other members only, never about this node.
 """
 
@@ -69,7 +81,12 @@ from caxton.swim.config import (
     remaining_suspicion_time,
     suspicion_bounds,
 )
-from caxton.swim.interfaces import IMembershipDelegate, IMembershipListener, ISwimTransport
+from caxton.swim.interfaces import (
+    IMembershipDelegate,
+    IMembershipListener,
+    ISwimTransport,
+    StreamPing,
+)
 from caxton.swim.messages import (
     MAX_META,
     Ack,
@@ -145,6 +162,8 @@ class SwimStats:
     probe_failures: int = 0
     #: Probes only the stream ping saved (UDP may be broken).
     stream_ping_rescues: int = 0
+    #: Failed probes whose target's host refused the stream (fast path).
+    refused_probes: int = 0
     #: Probes left undecided because this node's reactor lagged.
     probes_inconclusive: int = 0
     pings_sent: int = 0
@@ -246,6 +265,7 @@ class _Probe:
         "expected_nacks",
         "nacks",
         "stream_ok",
+        "stream_refused",
         "stream_d",
         "timeout_call",
         "deadline_call",
@@ -270,6 +290,7 @@ class _Probe:
         self.expected_nacks = 0
         self.nacks = 0
         self.stream_ok = False
+        self.stream_refused = False
         self.stream_d: Optional[Deferred] = None
         self.timeout_call: Any = None
         self.deadline_call: Any = None
@@ -390,6 +411,7 @@ class Membership:
         self._retry_calls: Set[Any] = set()
         self._leave_d: Optional[Deferred] = None
         self._leave_sent = False
+        self._urgent: List[str] = []
         self._leave_call: Any = None
         self._handlers: Dict[type, Callable[[Any], None]] = {
             Ping: self._handle_ping,
@@ -674,6 +696,23 @@ class Membership:
             self._leave_call = self._clock.callLater(timeout, self._leave_timed_out)
         return d
 
+    def probe_soon(self, node_id: str) -> None:
+        """
+        Probe C{node_id} next, and now if no probe is in flight: the node
+        stream to it was lost without a word, a hint that its process died.
+        A healthy member just answers; a dead one is suspected a round-robin
+        wait sooner.
+        """
+        state = self._node_map.get(node_id)
+        if state is None or state is self._me or state.state > _SUSPECT or not self._running:
+            return
+        if node_id not in self._urgent:
+            self._urgent.append(node_id)
+        if self._probe is None and self._probe_call is not None:
+            _cancel(self._probe_call)
+            self._probe_call = None
+            self._schedule_probe(0.0)
+
     def note_lag(self, seconds: float) -> None:
         """
         The reactor ran C{seconds} late.  Above C{lag_threshold} this counts
@@ -741,8 +780,13 @@ class Membership:
             self._probe_call = self._clock.callLater(max(0.0, delay), self._probe_tick)
 
     def _next_probe_target(self) -> Optional[_NodeState]:
-        # memberlist's probe(): walk the list round-robin, skipping
-        # ourselves and the dead; a wrap reaps and reshuffles.
+        # First any member L{probe_soon} asked for; then memberlist's
+        # probe(): walk the list round-robin, skipping ourselves and the
+        # dead; a wrap reaps and reshuffles.
+        while self._urgent:
+            urgent = self._node_map.get(self._urgent.pop(0))
+            if urgent is not None and urgent is not self._me and urgent.state <= _SUSPECT:
+                return urgent
         checked = 0
         while True:
             nodes = self._nodes
@@ -837,10 +881,12 @@ class Membership:
             d = self._transport.stream_ping(target, probe.addr)
             probe.stream_d = d
 
-            def answered(ok: object) -> None:
+            def answered(outcome: object) -> None:
                 probe.stream_d = None
-                if ok is True:
+                if outcome is StreamPing.ANSWERED:
                     probe.stream_ok = True
+                elif outcome is StreamPing.REFUSED:
+                    probe.stream_refused = True
 
             def failed(failure: Failure) -> None:
                 probe.stream_d = None
@@ -875,8 +921,17 @@ class Membership:
             else:
                 self._apply_awareness(1)
             stats.probe_failures += 1
-            self._log.info("suspect {node} has failed, no acks received", node=probe.target)
-            self._suspect_node(Suspect(probe.incarnation, probe.target, self.node_id))
+            refused = probe.stream_refused and self.config.fast_fail_refused
+            if refused:
+                stats.refused_probes += 1
+            self._log.info(
+                "suspect {node} has failed, no acks received{refused}",
+                node=probe.target,
+                refused="; its host refused the stream" if refused else "",
+            )
+            self._suspect_node(
+                Suspect(probe.incarnation, probe.target, self.node_id), refused=refused
+            )
         self._schedule_probe(probe.started + self.config.probe_interval - self._clock.seconds())
 
     def _end_probe(self, probe: _Probe) -> None:
@@ -1031,14 +1086,20 @@ class Membership:
             if not reclaimable:
                 self.stats.conflicts += 1
                 claim = self._claims.get(alive.node)
-                if claim is None or claim.incarnation <= alive.incarnation:
+                if claim is None or claim.incarnation < alive.incarnation:
                     self._claims[alive.node] = alive
+                    if alive.incarnation > state.incarnation:
+                        # A newer claim from elsewhere: most likely the
+                        # node restarted at a new address and the old
+                        # process is gone.  Check the old address now
+                        # rather than when the walk comes round to it.
+                        self.probe_soon(alive.node)
                 self._log.warn(
                     "conflicting address for {node}: mine {mine}, theirs {theirs} "
                     "(state {state})",
                     node=alive.node,
-                    mine=state.addr,
-                    theirs=alive.addr,
+                    mine=str(state.addr),
+                    theirs=str(alive.addr),
                     state=state.state.name,
                 )
                 return
@@ -1099,7 +1160,13 @@ class Membership:
             if old_meta != state.meta:
                 self._notify("member_updated", state)
 
-    def _suspect_node(self, suspect: Suspect) -> None:
+    def _suspect_node(self, suspect: Suspect, refused: bool = False) -> None:
+        """
+        memberlist's C{suspectNode}.  C{refused} is set when this node's own
+        probe found the target's host refusing the stream: then the
+        suspicion lasts one probe interval, not Lifeguard's min..max (the
+        Caxton extension described in the module docstring).
+        """
         state = self._node_map.get(suspect.node)
         if state is None:
             return
@@ -1137,6 +1204,11 @@ class Membership:
         n = self._num_nodes()
         k = expected_confirmations(self.config, n)
         low, high = suspicion_bounds(self.config, n)
+        if refused:
+            # No process listens where the member was: give it one probe
+            # interval to refute (the buddy system tells it at once), and
+            # let no confirmation lengthen that.
+            low = high = min(low, self.config.probe_interval)
         suspicion = _Suspicion(k, low, high, now, suspect.sender, now)
         suspicion.timer = self._clock.callLater(
             high if k >= 1 else low, self._suspicion_timeout, suspect.node, suspicion

@@ -10,12 +10,31 @@ The real node implements the transport with UDP and the node stream
 
 from __future__ import annotations
 
+import enum
 from typing import Optional
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 from caxton.swim.messages import Address
+
+
+class StreamPing(enum.Enum):
+    """
+    What a probe over the node stream found.
+
+    @cvar ANSWERED: the peer answered, as the node it was meant to be.
+    @cvar SILENT: no answer (timeout, unreachable, another node, refused
+        at the TLS or identity check).
+    @cvar REFUSED: the peer's host refused the TCP connection: nothing
+        listens at that address, so the process is gone (a crash or a kill
+        on a host that is up).  Silence could be a slow or cut-off node;
+        a refusal cannot.
+    """
+
+    ANSWERED = "answered"
+    SILENT = "silent"
+    REFUSED = "refused"
 
 
 class ISwimTransport(Interface):
@@ -41,7 +60,7 @@ class ISwimTransport(Interface):
     def stream_ping(node: str, addr: Address) -> Deferred:
         """
         Probe C{node} over the stream (memberlist's TCP fallback ping): fire
-        with True when it answered as C{node}, False otherwise.  Never fails.
+        with a L{StreamPing}.  Never fails.
         """
 
 

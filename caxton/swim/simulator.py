@@ -48,7 +48,7 @@ from zope.interface import implementer
 from caxton.swim.codec import CodecError, decode_packet
 from caxton.swim.config import SwimConfig, profile
 from caxton.swim.core import Membership
-from caxton.swim.interfaces import IMembershipListener, ISwimTransport
+from caxton.swim.interfaces import IMembershipListener, ISwimTransport, StreamPing
 from caxton.swim.messages import Address, Message, State
 
 # --- a transport for unit tests ---------------------------------------------
@@ -390,6 +390,10 @@ class Simulation:
         self.killed_at: Dict[int, float] = {}
         self._groups: Optional[Dict[int, int]] = None
         self._by_addr: Dict[Address, SimNode] = {}
+        # Addresses of killed processes whose host is still up: a stream
+        # ping there is refused (C{kill(i, host_down=True)} makes a silent
+        # black hole instead).
+        self._refusing: Dict[Address, SimNode] = {}
         self._by_id: Dict[str, SimNode] = {}
         self.packets_sent = [0] * n
         self.bytes_sent = [0] * n
@@ -447,10 +451,12 @@ class Simulation:
             if node.index != seed_index and node.live:
                 node.membership.join_with_retry([seed])
 
-    def kill(self, i: int) -> None:
+    def kill(self, i: int, host_down: bool = False) -> None:
         """
         Node C{i} stops: it neither answers nor sends again until
-        L{restart}.
+        L{restart}.  Its host stays up and refuses stream connections at
+        its address (a crashed or killed process), unless C{host_down}: then
+        the address is silent (a machine or network failure).
         """
         node = self.nodes[i]
         if node.killed:
@@ -463,6 +469,8 @@ class Simulation:
         node.held = []
         node.membership.stop()
         self._by_addr.pop(node.addr, None)
+        if not host_down:
+            self._refusing[node.addr] = node
 
     def restart(
         self, i: int, seeds: Optional[Sequence[int]] = None, incarnation: Optional[int] = None
@@ -480,6 +488,7 @@ class Simulation:
         node.killed = False
         node.generation += 1
         node.addr = node._address()
+        self._refusing.pop(node.addr, None)
         self._boot(node, incarnation=last + 1 if incarnation is None else incarnation)
         if seeds is None:
             others = [n.index for n in self.nodes if n.live and n.index != i]
@@ -777,28 +786,36 @@ class Simulation:
             return d
         dst = self._by_addr.get(addr)
 
-        def result(ok: bool) -> None:
+        def result(outcome: StreamPing) -> None:
             if d.called or not self._current(src, generation):
                 return
-            self._run_at(src, fire, ok)
+            self._run_at(src, fire, outcome)
 
-        def fire(ok: bool) -> None:
+        def fire(outcome: StreamPing) -> None:
             if not d.called:
-                d.callback(ok)
+                d.callback(outcome)
 
-        if dst is None or not self._reachable(src, dst) or dst.node_id != node_id:
-            self.clock.callLater(2 * self._link_delay(), result, False)
+        if dst is None:
+            gone = self._refusing.get(addr)
+            refused = gone is not None and self._reachable(src, gone)
+            outcome = StreamPing.REFUSED if refused else StreamPing.SILENT
+            self.clock.callLater(2 * self._link_delay(), result, outcome)
+            return d
+        if not self._reachable(src, dst) or dst.node_id != node_id:
+            self.clock.callLater(2 * self._link_delay(), result, StreamPing.SILENT)
             return d
         dst_generation = dst.generation
 
         def arrive() -> None:
             if not self._current(dst, dst_generation):
-                result(False)
+                result(StreamPing.SILENT)
                 return
             self._run_at(dst, answer)
 
         def answer() -> None:
-            self.clock.callLater(self._link_delay(), result, self._current(dst, dst_generation))
+            alive = self._current(dst, dst_generation)
+            outcome = StreamPing.ANSWERED if alive else StreamPing.SILENT
+            self.clock.callLater(self._link_delay(), result, outcome)
 
         self.clock.callLater(self._link_delay(), arrive)
         return d
