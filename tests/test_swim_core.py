@@ -944,13 +944,42 @@ class LeftDeadReclaimTests(SynchronousTestCase):
 
     def test_conflicting_address_refused(self) -> None:
         """
-        An alive member's name announced at another address is refused,
-        whatever the incarnation.
+        An alive member's name announced at another address is refused
+        while the old address is not known to be gone, whatever the
+        incarnation; a newer claim makes this node ask the old address over
+        the stream.
         """
         h = Harness(["b"])
         h.feed(Alive(9, "b", ELSEWHERE))
         self.assertEqual(h.m.member("b").addr, addr_of("b"))
         self.assertEqual(h.m.stats.conflicts, 1)
+        [(node, addr, _)] = h.transport.stream_pings
+        self.assertEqual((node, addr), ("b", addr_of("b")))
+
+    def test_moved_when_old_address_is_gone(self) -> None:
+        """
+        If nothing answers as the member at its old address (refused,
+        silent), the newer claim is taken at once: the member moved, and
+        listeners hear it as an update, not a failure and a join.
+        """
+        for outcome in (StreamPing.REFUSED, StreamPing.SILENT):
+            h = Harness(["b"])
+            h.feed(Alive(9, "b", ELSEWHERE))
+            h.transport.stream_pings[0][2].callback(outcome)
+            member = h.m.member("b")
+            self.assertEqual((member.addr, member.incarnation, member.state), (ELSEWHERE, 9, State.ALIVE))
+            self.assertEqual(h.listener.events[-1], ("updated", "b", State.ALIVE))
+            self.assertNotIn("failed", [event for event, _, _ in h.listener.events])
+
+    def test_two_processes_one_id(self) -> None:
+        """
+        If the old address still answers as the member, two processes
+        claim one id: the conflict stands (memberlist's rule).
+        """
+        h = Harness(["b"])
+        h.feed(Alive(9, "b", ELSEWHERE))
+        h.transport.stream_pings[0][2].callback(StreamPing.ANSWERED)
+        self.assertEqual(h.m.member("b").addr, addr_of("b"))
 
     def test_reclaim_dead_at_new_address(self) -> None:
         """

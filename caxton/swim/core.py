@@ -36,10 +36,13 @@ Where Caxton departs from memberlist, the code says so:
     memberlist PR #345, sent to the member rather than gossiped);
   - an alive message refused as an address conflict is remembered (the
     highest incarnation per member) and applied when the member's current
-    entry is declared dead and may be reclaimed: a node restarted at a new
-    address is taken back as soon as its old address is found dead,
-    instead of waiting for its announcement to come round again
-    (memberlist#311's slow mass restart);
+    entry is declared dead and may be reclaimed; and a newer claim makes
+    this node ask the old address over the stream at once: if no process
+    answers there as that member, the member moved and the claim is taken
+    (an update, not a failure and a join).  A node restarted at a new
+    address is so taken back in a round trip instead of minutes
+    (memberlist#311's slow mass restart); two live processes with one id
+    still conflict, as in memberlist;
   - a failed probe whose stream ping was refused by the target's host
     (nothing listens at its address: the process crashed or was killed on
     a host that is up) suspects the target for one probe interval instead
@@ -407,6 +410,7 @@ class Membership:
         # for the member's current entry to die.
         self._claims: Dict[str, Alive] = {}
         self._claim_calls: Dict[str, Any] = {}
+        self._claim_checks: Dict[str, Deferred] = {}
         self._exchanges: Set[Deferred] = set()
         self._retry_calls: Set[Any] = set()
         self._leave_d: Optional[Deferred] = None
@@ -486,6 +490,7 @@ class Membership:
         for call in self._claim_calls.values():
             _cancel(call)
         self._claim_calls.clear()
+        self._claim_checks.clear()
         for d in list(self._exchanges):
             d.cancel()
         self._exchanges.clear()
@@ -1058,7 +1063,12 @@ class Membership:
         nodes[offset], nodes[n] = nodes[n], nodes[offset]
         self._node_map[node.node] = node
 
-    def _alive_node(self, alive: Alive) -> None:
+    def _alive_node(self, alive: Alive, verified_move: bool = False) -> None:
+        """
+        memberlist's C{aliveNode}.  C{verified_move} takes a newer claim of
+        a live member's id at another address once its old address was
+        found not to answer as that member (L{_check_old_address}).
+        """
         state = self._node_map.get(alive.node)
         if (
             state is not None
@@ -1083,17 +1093,17 @@ class Membership:
                 state.state == _DEAD
                 and now - state.state_change >= self.config.dead_node_reclaim_time
             )
-            if not reclaimable:
+            if not reclaimable and not verified_move:
                 self.stats.conflicts += 1
                 claim = self._claims.get(alive.node)
                 if claim is None or claim.incarnation < alive.incarnation:
                     self._claims[alive.node] = alive
-                    if alive.incarnation > state.incarnation:
+                    if alive.incarnation > state.incarnation and state is not self._me:
                         # A newer claim from elsewhere: most likely the
                         # node restarted at a new address and the old
-                        # process is gone.  Check the old address now
-                        # rather than when the walk comes round to it.
-                        self.probe_soon(alive.node)
+                        # process is gone.  Ask the old address now rather
+                        # than wait for it to be found dead.
+                        self._check_old_address(alive.node, state.addr)
                 self._log.warn(
                     "conflicting address for {node}: mine {mine}, theirs {theirs} "
                     "(state {state})",
@@ -1107,8 +1117,8 @@ class Membership:
                 "updating address for {state} node {node} from {old} to {new}",
                 state=state.state.name.lower(),
                 node=alive.node,
-                old=state.addr,
-                new=alive.addr,
+                old=str(state.addr),
+                new=str(alive.addr),
             )
             updates_address = True
 
@@ -1157,8 +1167,54 @@ class Membership:
             if old_state == _SUSPECT:
                 self._log.info("member {node} is alive again", node=alive.node)
                 self._notify("member_alive", state)
-            if old_meta != state.meta:
+            if old_meta != state.meta or updates_address:
                 self._notify("member_updated", state)
+
+    def _check_old_address(self, node: str, old: Address) -> None:
+        """
+        A member's id is claimed at a new address with a newer incarnation
+        while its entry here is alive at C{old}: ask C{old} over the stream.
+        If no process answers there as that member (refused, silent, or
+        another node), the member moved: take the claim at once.  If one
+        does, two processes claim the id; the conflict stands, as in
+        memberlist.  Without stream pings, probe it first instead.
+        """
+        if not self.config.stream_ping:
+            self.probe_soon(node)
+            return
+        if node in self._claim_checks:
+            return
+        d = self._transport.stream_ping(node, old)
+        self._claim_checks[node] = d
+        self._exchanges.add(d)
+
+        def checked(outcome: object) -> None:
+            self._exchanges.discard(d)
+            self._claim_checks.pop(node, None)
+            state = self._node_map.get(node)
+            claim = self._claims.get(node)
+            if self._stopped or state is None or claim is None or state.addr != old:
+                return
+            if outcome is StreamPing.ANSWERED:
+                self._log.warn(
+                    "two processes claim node id {node}: at {old}, which answers, and at {new}",
+                    node=node,
+                    old=str(old),
+                    new=str(claim.addr),
+                )
+                return
+            if state.state >= _DEAD:
+                return
+            self._log.info(
+                "{node} no longer answers at {old}: it moved to {new}",
+                node=node,
+                old=str(old),
+                new=str(claim.addr),
+            )
+            del self._claims[node]
+            self._alive_node(claim, verified_move=True)
+
+        d.addCallbacks(checked, _swallow)
 
     def _suspect_node(self, suspect: Suspect, refused: bool = False) -> None:
         """
