@@ -13,7 +13,6 @@ is killed in cleanup.
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import time

@@ -19,7 +19,8 @@ class LagMonitorTests(SynchronousTestCase):
         """
         A timer that fires on time reports no lag.
         """
-        clock, seen = Clock(), []  # type: Clock, List[float]
+        clock, seen = Clock(), []
+        seen: List[float]
         monitor = LagMonitor(clock, 0.1, seen.append)
         monitor.start()
         clock.pump([0.1] * 5)
@@ -30,7 +31,8 @@ class LagMonitorTests(SynchronousTestCase):
         A reactor stalled for 2 s reports about 2 s of lag once, then the
         measurements are back to zero.
         """
-        clock, seen = Clock(), []  # type: Clock, List[float]
+        clock, seen = Clock(), []
+        seen: List[float]
         monitor = LagMonitor(clock, 0.1, seen.append)
         monitor.start()
         clock.advance(2.1)

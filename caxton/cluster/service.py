@@ -30,8 +30,9 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -277,28 +278,29 @@ class ClusterService(Service):
         return found
 
     def _join_in_background(self, seeds: Sequence[Tuple[str, int]]) -> None:
+        """
+        Join through C{seeds} without holding up the start: names are
+        resolved (again, with back-off, while none resolves: DNS may come
+        up after the node), then the core retries the join itself with
+        back-off until a seed answers.  A leave or a stop ends it.
+        """
+
         async def go() -> None:
-            addresses = []
             delay = 1.0
-            for _ in range(1_000_000):
-                addresses = await self._addresses(seeds)
-                if addresses or self.membership is None or self.membership.left:
-                    break
-                await self._sleep(delay)
+            addresses = await self._addresses(seeds)
+            while not addresses:
+                await deferLater(self._reactor, delay, lambda: None)
                 delay = min(self._join_retry_max, delay * 2)
-            if not addresses or self.membership is None:
+                addresses = await self._addresses(seeds)
+            membership = self.membership
+            if membership is None or membership.left:
                 return
-            reached = await self.membership.join_with_retry(addresses, max_delay=self._join_retry_max)
+            reached = await membership.join_with_retry(addresses, max_delay=self._join_retry_max)
             log.info("joined through {reached} of {count} seeds", reached=reached, count=len(addresses))
 
         self._joining = Deferred.fromCoroutine(go())
-        self._joining.addErrback(lambda f: None if f.check(Exception) else f)
-
-    def _sleep(self, seconds: float) -> Deferred:
-        d: Deferred = Deferred()
-        call = self._reactor.callLater(seconds, d.callback, None)
-        d.addErrback(lambda f: (call.cancel() if call.active() else None, f)[1])
-        return d
+        # Cancelled by a leave or a stop; nothing else can fail in it.
+        self._joining.addErrback(lambda f: f.trap(CancelledError))
 
     async def join(self, seeds: Sequence[Tuple[str, int]]) -> int:
         """
