@@ -267,6 +267,11 @@ KEYS: Tuple[Key, ...] = (
     Key("gossip.tcp_timeout", parse_duration, None),
     Key("gossip.lifeguard", parse_bool, None),
     Key("gossip.fast_fail_refused", parse_bool, None),
+    Key("gossip.stream_ping", parse_bool, None),
+    Key("gossip.lag_threshold", parse_duration, None),
+    Key("gossip.reconnect_interval", parse_duration, None),
+    Key("gossip.reconnect_timeout", parse_duration_or_zero, None),
+    Key("gossip.max_packet", parse_size, None),
 )
 
 #: The C{gossip.*} keys that are SWIM knobs, named as in
@@ -287,6 +292,11 @@ SWIM_KNOBS = (
     "tcp_timeout",
     "lifeguard",
     "fast_fail_refused",
+    "stream_ping",
+    "lag_threshold",
+    "reconnect_interval",
+    "reconnect_timeout",
+    "max_packet",
 )
 
 _BY_PATH = {key.path: key for key in KEYS}

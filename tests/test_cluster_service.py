@@ -79,6 +79,15 @@ class ConfigTests(SynchronousTestCase):
             ClusterService(reactor, _config(bind="localhost:7946"), _Agents("n1"))
         self.assertIn("bind", str(e.exception))
 
+    def test_max_packet(self) -> None:
+        """
+        A datagram size outside what UDP carries is refused.
+        """
+        for size in ("100", "70000"):
+            with self.assertRaises(ConfigError) as e:
+                ClusterService(reactor, _config(**{"gossip.max_packet": size}), _Agents("n1"))
+            self.assertIn("gossip.max_packet", str(e.exception))
+
     def test_no_tls_dir(self) -> None:
         """
         A clustered node without a TLS directory says how to make one.

@@ -102,6 +102,10 @@ class ClusterService(Service):
             self.swim_config: SwimConfig = profile(self.profile_name, **config.swim_overrides)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"gossip: {e}")
+        if not 576 <= self.swim_config.max_packet <= 65_507:
+            # Every node must use the same value: a receiver drops larger
+            # datagrams.
+            raise ConfigError("gossip.max_packet: must be 576 to 65507 bytes (one UDP datagram)")
         host, port = config["bind"]
         self._bind = (_ip(host, "bind"), port)
         advertise = config["advertise"]
@@ -156,7 +160,12 @@ class ClusterService(Service):
             log.warn("gossip is not encrypted: set gossip.key_file (make a key with: caxton gossip-key)")
         self.epoch_ms = int(time.time() * 1000)
         self.envelope = Envelope(
-            self.node_id, self.cluster_name, keyring, self._reactor, epoch_ms=self.epoch_ms
+            self.node_id,
+            self.cluster_name,
+            keyring,
+            self._reactor,
+            epoch_ms=self.epoch_ms,
+            max_datagram=self.swim_config.max_packet,
         )
         self.udp = SwimDatagramProtocol(self.envelope, self._deliver)
         host, port = self._bind
