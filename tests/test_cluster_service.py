@@ -185,3 +185,43 @@ class LoopbackTests(TestCase):
         await second.leave()
         await until(lambda: states(first).get("n2") == "left", "n2 left")
         self.assertEqual(first.remote_agents(), [])
+
+
+class KeyFileWatcherTests(SynchronousTestCase):
+    """
+    The gossip key file is re-read when it changes, so keys rotate without
+    a restart.
+    """
+
+    def test_rotation(self) -> None:
+        """
+        Adding a key, then making it the primary, installs each new keyring;
+        an unchanged file installs nothing; a broken file keeps the keys in
+        use.
+        """
+        from twisted.internet.task import Clock
+
+        from caxton.cluster.service import KEY_CHECK_INTERVAL, KeyFileWatcher
+        from caxton.swim.keyring import decode_key
+
+        path = self.mktemp()
+        old, new = generate_key(), generate_key()
+        with open(path, "w") as f:
+            f.write(old + "\n")
+        clock, installed = Clock(), []
+        watcher = KeyFileWatcher(path, clock, installed.append)
+        watcher.start()
+        clock.advance(KEY_CHECK_INTERVAL)
+        self.assertEqual(installed, [])
+        for text, primary in ((f"{old}\n{new}\n", old), (f"{new}\n{old}\n", new)):
+            with open(path, "w") as f:
+                f.write(text + "# " + "x" * len(installed) + "\n")
+            clock.advance(KEY_CHECK_INTERVAL)
+            self.assertEqual(installed[-1].primary, decode_key(primary))
+            self.assertEqual(len(installed[-1].keys), 2)
+        with open(path, "w") as f:
+            f.write("not a key\n")
+        clock.advance(KEY_CHECK_INTERVAL)
+        self.assertEqual(len(installed), 2)
+        watcher.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])

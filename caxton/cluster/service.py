@@ -24,6 +24,7 @@ C{dead}), then closes streams and the socket.
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
 import time
 from datetime import datetime, timezone
@@ -63,6 +64,9 @@ INCARNATION_EPOCH = 1_767_225_600  # 2026-01-01T00:00:00Z
 #: The longest a graceful leave waits for its news to go out, in seconds.
 LEAVE_TIMEOUT = 3.0
 
+#: How often the gossip key file is checked for changes, in seconds.
+KEY_CHECK_INTERVAL = 10.0
+
 _STATES = {State.ALIVE: "alive", State.SUSPECT: "suspect", State.DEAD: "dead", State.LEFT: "left"}
 
 
@@ -71,6 +75,70 @@ def _ip(host: str, what: str) -> str:
         return str(ipaddress.ip_address(host))
     except ValueError:
         raise ConfigError(f"{what}: {host!r} must be an IP address")
+
+
+class KeyFileWatcher:
+    """
+    Re-reads the gossip key file when it changes, so keys rotate without a
+    restart (docs/cluster.md: add the new key everywhere, make it first,
+    remove the old one).  A file that no longer loads is logged and the
+    keys in use are kept.
+
+    @param path: the key file.
+    @param clock: an C{IReactorTime}.
+    @param install: told each new L{Keyring}.
+    """
+
+    def __init__(self, path: str, clock: Any, install: Any) -> None:
+        self._path = path
+        self._clock = clock
+        self._install = install
+        self._signature = self._stat()
+        self._call: Any = None
+
+    def _stat(self) -> Optional[Tuple[float, int, int]]:
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size, st.st_ino)
+
+    def start(self) -> None:
+        """
+        Check every L{KEY_CHECK_INTERVAL} seconds.
+        """
+        self._call = self._clock.callLater(KEY_CHECK_INTERVAL, self.check)
+
+    def stop(self) -> None:
+        """
+        Stop checking.
+        """
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def check(self) -> None:
+        """
+        Reload the keys if the file changed.
+        """
+        self._call = self._clock.callLater(KEY_CHECK_INTERVAL, self.check)
+        signature = self._stat()
+        if signature == self._signature:
+            return
+        self._signature = signature
+        try:
+            keyring = Keyring.from_file(self._path)
+        except (OSError, KeyringError) as e:
+            log.warn(
+                "gossip key file {path} changed but cannot be used ({error}); keeping the keys in use",
+                path=self._path,
+                error=str(e),
+            )
+            return
+        self._install(keyring)
+        log.info(
+            "gossip keys reloaded from {path}: {count} keys", path=self._path, count=len(keyring.keys)
+        )
 
 
 def _iso(seconds: Optional[float]) -> Optional[str]:
@@ -132,6 +200,7 @@ class ClusterService(Service):
         self._port: Any = None
         self._lag = LagMonitor(reactor, LAG_INTERVAL, self._lagged)
         self._joining: Optional[Deferred] = None
+        self._key_watcher: Optional[KeyFileWatcher] = None
         self._largest = 1
         self.last_sync: Optional[float] = None
 
@@ -167,6 +236,9 @@ class ClusterService(Service):
             epoch_ms=self.epoch_ms,
             max_datagram=self.swim_config.max_packet,
         )
+        if keyring is not None:
+            self._key_watcher = KeyFileWatcher(self._key_file, self._reactor, self._install_keys)
+            self._key_watcher.start()
         self.udp = SwimDatagramProtocol(self.envelope, self._deliver)
         host, port = self._bind
         self._port = self._reactor.listenUDP(port, self.udp, interface=host, maxPacketSize=65535)
@@ -232,6 +304,10 @@ class ClusterService(Service):
         if self.agent_changed not in self._agents.observers:
             self._agents.observers.append(self.agent_changed)
 
+    def _install_keys(self, keyring: Keyring) -> None:
+        if self.envelope is not None:
+            self.envelope.keyring = keyring
+
     def _broadcast(self, key: str, payload: bytes) -> None:
         if self.membership is not None:
             self.membership.broadcast_user(key, payload)
@@ -245,6 +321,8 @@ class ClusterService(Service):
         if self._joining is not None:
             self._joining.cancel()
         self._lag.stop()
+        if self._key_watcher is not None:
+            self._key_watcher.stop()
         if self.membership is not None:
             self.membership.stop()
         if self.agent_changed in self._agents.observers:
