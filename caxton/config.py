@@ -150,6 +150,20 @@ def _host_ports(value: Any) -> Tuple[Tuple[str, int], ...]:
     return tuple(parse_host_port(item) for item in items)
 
 
+def _advertise(value: Any) -> Tuple[str, int]:
+    # Without a port, the port bind gave (0 here; the node fills it in).
+    return parse_host_port(value, default_port=0)
+
+
+def parse_count_or_zero(value: Any) -> int:
+    """
+    A whole number of at least 0.
+    """
+    if str(value).strip() == "0" and not isinstance(value, bool):
+        return 0
+    return parse_count(value)
+
+
 def parse_duration_or_zero(value: Any) -> float:
     """
     A duration that may also be zero (C{0}, C{0s}).
@@ -244,7 +258,7 @@ KEYS: Tuple[Key, ...] = (
     Key("dead_letters.max", parse_count, 100_000),
     # The cluster (SPEC 5).  Without a bind address the node runs alone.
     Key("bind", parse_host_port, None),
-    Key("advertise", parse_host_port, None),
+    Key("advertise", _advertise, None),
     Key("tls_dir", _string, None),
     Key("gossip.seeds", _host_ports, ()),
     Key("gossip.cluster", _cluster_name, "caxton"),
@@ -254,13 +268,13 @@ KEYS: Tuple[Key, ...] = (
     # Every SWIM knob; unset means the profile's value (docs/cluster.md).
     Key("gossip.probe_interval", parse_duration, None),
     Key("gossip.probe_timeout", parse_duration, None),
-    Key("gossip.indirect_checks", parse_count, None),
+    Key("gossip.indirect_checks", parse_count_or_zero, None),
     Key("gossip.retransmit_mult", parse_count, None),
     Key("gossip.suspicion_mult", parse_count, None),
     Key("gossip.suspicion_max_timeout_mult", parse_count, None),
     Key("gossip.push_pull_interval", parse_duration, None),
     Key("gossip.gossip_interval", parse_duration, None),
-    Key("gossip.gossip_nodes", parse_count, None),
+    Key("gossip.gossip_nodes", parse_count_or_zero, None),
     Key("gossip.gossip_to_the_dead_time", parse_duration, None),
     Key("gossip.awareness_max_multiplier", parse_count, None),
     Key("gossip.dead_node_reclaim_time", parse_duration_or_zero, None),

@@ -185,6 +185,20 @@ class LoopbackTests(TestCase):
         await second.leave()
         await until(lambda: states(first).get("n2") == "left", "n2 left")
         self.assertEqual(first.remote_agents(), [])
+        health = second.gossip_health()
+        self.assertEqual((health["status"], health["peer_count"], health["partition"]),
+                         ("degraded", 0, "isolated"))
+
+        # While out of the cluster, n2's agent stops; joining again, its
+        # news beats what n1 remembers from before the leave.
+        second._agents.cells[0].status = "stopped"
+        assert first.address is not None
+        self.assertEqual(await second.join([(first.address.host, first.address.port)]), 1)
+        await until(lambda: states(first).get("n2") == "alive", "n2 back")
+        await until(
+            lambda: [(a["name"], a["status"]) for a in first.remote_agents()] == [("agent-n2", "stopped")],
+            "n2's agent seen stopped",
+        )
 
 
 class KeyFileWatcherTests(SynchronousTestCase):

@@ -140,6 +140,37 @@ class LoadTests(SynchronousTestCase):
         load({}, {}, path)
 
 
+class ClusterKeyTests(SynchronousTestCase):
+    """
+    The cluster's address keys.
+    """
+
+    def test_addresses(self) -> None:
+        """
+        bind and seeds default to port 7946; advertise without a port takes
+        the port bind got (0 until the node fills it in); IPv6 in brackets.
+        """
+        config = load(
+            {"bind": "[::1]", "advertise": "10.0.0.1", "gossip.seeds": "a:7000,b"}, {}
+        )
+        self.assertEqual(config["bind"], ("::1", 7946))
+        self.assertEqual(config["advertise"], ("10.0.0.1", 0))
+        self.assertEqual(config["gossip.seeds"], (("a", 7000), ("b", 7946)))
+        self.assertTrue(config.clustered)
+        self.assertFalse(load({}, {}).clustered)
+        for bad in ("a:99999", "[::1", "a b:1"):
+            with self.assertRaises(ConfigError):
+                load({"bind": bad}, {})
+
+    def test_knobs(self) -> None:
+        """
+        SWIM knobs left unset take the profile's value; set ones override
+        it, and counts that may be zero can be.
+        """
+        config = load({"gossip.indirect_checks": "0", "gossip.probe_interval": "2s"}, {})
+        self.assertEqual(config.swim_overrides, {"indirect_checks": 0, "probe_interval": 2.0})
+
+
 class DefaultsTests(SynchronousTestCase):
     """
     Defaults that come from the machine.

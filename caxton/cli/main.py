@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     """
     parser = _Parser(
         prog=PROG,
-        description="Caxton: manage a cluster's PKI and keys, and talk to a node.",
+        description="Caxton: make a cluster's certificates and gossip keys.",
     )
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", parser_class=_Parser

@@ -27,13 +27,12 @@ import ipaddress
 import os
 import random
 import time
-from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -66,6 +65,9 @@ LEAVE_TIMEOUT = 3.0
 
 #: How often the gossip key file is checked for changes, in seconds.
 KEY_CHECK_INTERVAL = 10.0
+
+#: How often old registry tombstones are forgotten, in seconds.
+TOMBSTONE_SWEEP_INTERVAL = 600.0
 
 _STATES = {State.ALIVE: "alive", State.SUSPECT: "suspect", State.DEAD: "dead", State.LEFT: "left"}
 
@@ -141,12 +143,6 @@ class KeyFileWatcher:
         )
 
 
-def _iso(seconds: Optional[float]) -> Optional[str]:
-    if seconds is None:
-        return None
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 @implementer(ICluster, ISwimTransport, IMembershipListener)
 class ClusterService(Service):
     """
@@ -199,6 +195,8 @@ class ClusterService(Service):
         self.registry: Optional[Registry] = None
         self._port: Any = None
         self._lag = LagMonitor(reactor, LAG_INTERVAL, self._lagged)
+        self._sweep = LoopingCall(self._expire_tombstones)
+        self._sweep.clock = reactor
         self._joining: Optional[Deferred] = None
         self._key_watcher: Optional[KeyFileWatcher] = None
         self._largest = 1
@@ -264,6 +262,7 @@ class ClusterService(Service):
         self.address = Address(advertise[0], advertise[1] or port)
         self._start_membership()
         self._lag.start()
+        self._sweep.start(TOMBSTONE_SWEEP_INTERVAL, now=False)
         log.info(
             "node {node_id} gossiping on {address} (cluster {cluster}, profile {profile}, {encryption})",
             node_id=self.node_id,
@@ -281,9 +280,13 @@ class ClusterService(Service):
         after a leave), with this node's agents published.
         """
         incarnation = max(0, min(MAX_UINT32, int(time.time()) - INCARNATION_EPOCH))
+        registry_epoch = self.epoch_ms
         if self.membership is not None:
+            # Joining again after a leave: news from this life must beat
+            # what peers remember of the last one.
             incarnation = max(incarnation, self.membership.incarnation + 1)
-        self.registry = Registry(self.node_id, self.epoch_ms, self._reactor, self._broadcast)
+            registry_epoch = max(int(time.time() * 1000), self.registry.epoch + 1)
+        self.registry = Registry(self.node_id, registry_epoch, self._reactor, self._broadcast)
         self.membership = Membership(
             self.swim_config,
             self.node_id,
@@ -304,13 +307,23 @@ class ClusterService(Service):
         if self.agent_changed not in self._agents.observers:
             self._agents.observers.append(self.agent_changed)
 
+    def _expire_tombstones(self) -> None:
+        if self.registry is not None:
+            self.registry.expire()
+
     def _install_keys(self, keyring: Keyring) -> None:
         if self.envelope is not None:
             self.envelope.keyring = keyring
 
     def _broadcast(self, key: str, payload: bytes) -> None:
-        if self.membership is not None:
+        if self.membership is None:
+            return
+        try:
             self.membership.broadcast_user(key, payload)
+        except ValueError:
+            # Larger than a datagram holds (a small gossip.max_packet):
+            # the entry spreads by push-pull only.
+            log.info("registry news {key} is too big to gossip; it spreads by push-pull", key=key)
 
     async def close(self) -> None:
         """
@@ -321,6 +334,8 @@ class ClusterService(Service):
         if self._joining is not None:
             self._joining.cancel()
         self._lag.stop()
+        if self._sweep.running:
+            self._sweep.stop()
         if self._key_watcher is not None:
             self._key_watcher.stop()
         if self.membership is not None:
@@ -366,28 +381,48 @@ class ClusterService(Service):
 
     def _join_in_background(self, seeds: Sequence[Tuple[str, int]]) -> None:
         """
-        Join through C{seeds} without holding up the start: names are
-        resolved (again, with back-off, while none resolves: DNS may come
-        up after the node), then the core retries the join itself with
-        back-off until a seed answers.  A leave or a stop ends it.
+        Join through C{seeds} without holding up the start.  Each round
+        resolves the seed names again (a Kubernetes service's pods come and
+        go) and tries every seed; while none answers, rounds repeat with
+        back-off (1 s doubling to C{gossip.join_retry_max}, with jitter).
+        Seeds that are only this node mean this node starts the cluster.
+        A leave or a stop ends it.
         """
 
         async def go() -> None:
             delay = 1.0
-            addresses = await self._addresses(seeds)
-            while not addresses:
-                await deferLater(self._reactor, delay, lambda: None)
+            while self._in_cluster():
+                addresses = [a for a in await self._addresses(seeds) if a != self.address]
+                if not addresses and all(self._is_me(seed) for seed in seeds):
+                    log.info("the only seed is this node: it starts the cluster")
+                    return
+                membership = self.membership
+                if addresses and membership is not None:
+                    reached = await membership.join(addresses)
+                    if reached:
+                        log.info(
+                            "joined through {reached} of {count} seeds",
+                            reached=reached,
+                            count=len(addresses),
+                        )
+                        return
+                wait = delay * (1.0 + 0.25 * self._rng.random())
+                log.info("no seed answered; trying again in {wait:.1f}s", wait=wait)
+                await deferLater(self._reactor, wait, lambda: None)
                 delay = min(self._join_retry_max, delay * 2)
-                addresses = await self._addresses(seeds)
-            membership = self.membership
-            if membership is None or membership.left:
-                return
-            reached = await membership.join_with_retry(addresses, max_delay=self._join_retry_max)
-            log.info("joined through {reached} of {count} seeds", reached=reached, count=len(addresses))
 
         self._joining = Deferred.fromCoroutine(go())
         # Cancelled by a leave or a stop; nothing else can fail in it.
         self._joining.addErrback(lambda f: f.trap(CancelledError))
+
+    def _is_me(self, seed: Tuple[str, int]) -> bool:
+        host, port = seed
+        if self.address is None or port != self.address.port:
+            return False
+        try:
+            return str(ipaddress.ip_address(host)) in (self.address.host, self._bind[0])
+        except ValueError:
+            return False
 
     async def join(self, seeds: Sequence[Tuple[str, int]]) -> int:
         """
@@ -497,12 +532,17 @@ class ClusterService(Service):
                 counts[_STATES[member.state]] += 1
         return counts
 
+    def _in_cluster(self) -> bool:
+        return self.membership is not None and not self.membership.left
+
     def partition(self) -> str:
         """
         C{majority}, C{minority} or C{isolated}: the members this node can
         reach (alive or suspect, itself included) against the largest
         cluster it has seen, less the members that left.
         """
+        if not self._in_cluster():
+            return "isolated"
         counts = self._counts()
         reachable = counts["alive"] + counts["suspect"]
         expected = max(self._largest, reachable)
@@ -527,7 +567,7 @@ class ClusterService(Service):
                     "address": str(member.addr),
                     "state": _STATES[member.state],
                     "incarnation": member.incarnation,
-                    "since": _iso(member.state_change),
+                    "since": member.state_change,
                     "agents": agents.get(member.node, 0),
                     "self": member.node == self.node_id,
                 }
@@ -550,7 +590,7 @@ class ClusterService(Service):
             "local_health": membership.local_health if membership else 0,
             "incarnation": membership.incarnation if membership else 0,
             "agents": self.registry.count() if self.registry else 0,
-            "last_sync": _iso(self.last_sync),
+            "last_sync": self.last_sync,
             "streams": self.streams.connected_peers() if self.streams else [],
             "counters": {
                 "swim": membership.stats.as_dict() if membership else {},
@@ -562,12 +602,13 @@ class ClusterService(Service):
         counts = self._counts()
         partition = self.partition()
         health = self.membership.local_health if self.membership else 0
-        healthy = partition == "majority" and health == 0 and self.membership is not None
+        healthy = partition == "majority" and health == 0
+        peers = counts["alive"] + counts["suspect"] - 1 if self._in_cluster() else 0
         return {
             "status": "healthy" if healthy else "degraded",
             "clustered": True,
-            "peer_count": max(0, counts["alive"] + counts["suspect"] - 1),
-            "last_sync": _iso(self.last_sync),
+            "peer_count": max(0, peers),
+            "last_sync": self.last_sync,
             "agent_count": self.registry.count() if self.registry else 0,
             "partition": partition,
             "local_health": health,
