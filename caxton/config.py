@@ -204,6 +204,45 @@ def _cluster_name(value: Any) -> str:
     return text
 
 
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def _mcp_servers(value: Any) -> Tuple[Tuple[str, str, Optional[str]], ...]:
+    """
+    MCP servers as C{(name, url, token_file)}: a YAML list of mappings with
+    C{name}, C{url} and optionally C{token_file}, or (in the environment)
+    C{name=url,name=url}.
+    """
+    if isinstance(value, str):
+        items: list = []
+        for part in (p.strip() for p in value.split(",") if p.strip()):
+            name, sep, url = part.partition("=")
+            if not sep:
+                raise ValueError(f"{part!r} is not name=url")
+            items.append({"name": name.strip(), "url": url.strip()})
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ValueError("must be a list of {name, url, token_file} mappings")
+    servers = []
+    seen = set()
+    for item in items:
+        if not isinstance(item, dict) or set(item) - {"name", "url", "token_file"}:
+            raise ValueError("each server is a mapping of name, url and optionally token_file")
+        name, url, token_file = item.get("name"), item.get("url"), item.get("token_file")
+        if not isinstance(name, str) or not _SERVER_NAME.match(name):
+            raise ValueError(f"server name {name!r} must be letters, digits, '.', '_' or '-'")
+        if name in seen:
+            raise ValueError(f"server {name!r} is listed twice")
+        seen.add(name)
+        if not isinstance(url, str) or not re.match(r"^https?://[^\s/]+", url):
+            raise ValueError(f"server {name}: url must be an http:// or https:// URL")
+        if token_file is not None and not isinstance(token_file, str):
+            raise ValueError(f"server {name}: token_file must be a path")
+        servers.append((name, url, token_file))
+    return tuple(servers)
+
+
 def default_node_id(hostname: str) -> str:
     """
     A node id made from a host name: its first label, with anything a node
@@ -286,6 +325,9 @@ KEYS: Tuple[Key, ...] = (
     Key("gossip.reconnect_interval", parse_duration, None),
     Key("gossip.reconnect_timeout", parse_duration_or_zero, None),
     Key("gossip.max_packet", parse_size, None),
+    # MCP servers agents may use (SPEC 8, docs/tools.md).
+    Key("mcp.servers", _mcp_servers, ()),
+    Key("mcp.timeout", parse_duration, 30.0),
 )
 
 #: The C{gossip.*} keys that are SWIM knobs, named as in

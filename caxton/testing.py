@@ -8,22 +8,26 @@ thing by Caxton's own tests.
     C{getThreadPool}, as C{deferToThreadPool} and the agent manager need;
   - L{LocalNode}: a whole node without threads or sockets (real SQLite file,
     real wasmtime, L{InlineWorkers}) for deterministic tests of routing and
-    agents.
+    agents;
+  - L{FakeTools}: MCP tools in memory (an L{IToolGateway}).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from caxton.acl.protocols import ConversationTracker
 from caxton.agents.executor import InlineWorkers
 from caxton.agents.manager import AgentManager
 from caxton.agents.runtime import WasmRuntime
 from caxton.config import load
+from caxton.mcp.interfaces import IToolGateway, ToolFailure
 from caxton.router.router import Router
 from caxton.store.sqlite import SQLiteStore
 
@@ -102,9 +106,12 @@ class LocalNode:
 
     @param directory: where the SQLite file goes.
     @param overrides: config values by dotted key (C{agents.wall_clock}).
+    @param tools: the MCP tool gateway the router uses, if any.
     """
 
-    def __init__(self, directory: str, now: float, **overrides: Any) -> None:
+    def __init__(
+        self, directory: str, now: float, tools: Optional[IToolGateway] = None, **overrides: Any
+    ) -> None:
         os.makedirs(directory, exist_ok=True)
         self.clock = ThreadlessClock()
         self.clock.advance(now)
@@ -123,7 +130,7 @@ class LocalNode:
             "test-node",
             compile_in_thread=False,
         )
-        self.router = Router(self.clock, self.agents, self.store, ConversationTracker())
+        self.router = Router(self.clock, self.agents, self.store, ConversationTracker(), tools=tools)
 
     def open(self) -> Any:
         """
@@ -142,3 +149,47 @@ class LocalNode:
             if not ran:
                 return total
             total += ran
+
+
+@implementer(IToolGateway)
+class FakeTools:
+    """
+    An in-memory L{IToolGateway}: tools are Python callables by
+    C{(server, tool)}; a call answers with what the callable returns, a
+    L{ToolFailure} it raises, or a Deferred it returns (to answer later).
+    Allowances follow the real gateway's rules (C{server/tool},
+    C{server/*}, C{*}); tests check both against the same cases.
+
+    @ivar calls: every C{(server, tool, arguments)} called.
+    """
+
+    def __init__(self, tools: Dict[Tuple[str, str], Callable[[Any], Any]]) -> None:
+        self.tools = dict(tools)
+        self.calls: List[Tuple[str, str, Any]] = []
+
+    def parse_receiver(self, name: str) -> Tuple[str, str]:
+        server, sep, tool = name[len("mcp:"):].partition("/")
+        if not name.startswith("mcp:") or not sep or not server or not tool:
+            raise ToolFailure("INVALID_MESSAGE", f"{name!r} is not mcp:<server>/<tool>")
+        return server, tool
+
+    def allowed(self, allowances: Sequence[str], server: str, tool: str) -> bool:
+        return any(a in ("*", f"{server}/*", f"{server}/{tool}") for a in allowances)
+
+    def call(self, server: str, tool: str, arguments: Any) -> Deferred:
+        self.calls.append((server, tool, arguments))
+        handler = self.tools.get((server, tool))
+        if handler is None:
+            return fail(ToolFailure("NOT_FOUND", f"no tool {tool!r} on server {server!r}"))
+        return maybeDeferred(handler, arguments)
+
+    def catalog(self) -> Deferred:
+        servers: Dict[str, List[Dict[str, Any]]] = {}
+        for server, tool in sorted(self.tools):
+            servers.setdefault(server, []).append({"name": tool, "description": "", "input_schema": {}})
+        return succeed(
+            [
+                {"name": name, "url": f"fake://{name}", "status": "ok", "error": None, "tools": tools}
+                for name, tools in servers.items()
+            ]
+        )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 from collections import Counter, deque
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
@@ -109,12 +110,15 @@ class AgentSpec:
     @ivar limits: its sandbox limits.
     @ivar config: the JSON value handed to C{caxton_init}.
     @ivar document: the spec as persisted and shown.
+    @ivar tools: the MCP tools it may call (SPEC 8): C{server/tool},
+        C{server/*} or C{*}.
     """
 
     capabilities: Tuple[str, ...]
     limits: Limits
     config: Any
     document: Dict[str, Any]
+    tools: Tuple[str, ...] = ()
 
 
 _LIMIT_PARSERS = {
@@ -135,6 +139,10 @@ _LIMIT_CEILINGS = {
 }
 
 
+#: One entry of a spec's C{tools}: C{server/tool}, C{server/*} or C{*}.
+TOOL_ALLOWANCE = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,62}/(\*|[A-Za-z0-9_][A-Za-z0-9._/-]{0,127}))$")
+
+
 def parse_spec(document: Any, defaults: AgentDefaults) -> AgentSpec:
     """
     Check a deploy spec (capabilities, limits, config) and fill in defaults.
@@ -145,7 +153,7 @@ def parse_spec(document: Any, defaults: AgentDefaults) -> AgentSpec:
         document = {}
     if not isinstance(document, dict):
         raise InvalidRequest("the agent spec must be a JSON object")
-    unknown = set(document) - {"capabilities", "limits", "config"}
+    unknown = set(document) - {"capabilities", "limits", "config", "tools"}
     if unknown:
         raise InvalidRequest(f"unknown spec field(s): {', '.join(sorted(unknown))}")
     capabilities = document.get("capabilities", [])
@@ -175,11 +183,20 @@ def parse_spec(document: Any, defaults: AgentDefaults) -> AgentSpec:
             raise InvalidRequest(f"limits.{key}: {e}")
         if values[key] > _LIMIT_CEILINGS[key]:
             raise InvalidRequest(f"limits.{key}: at most {_LIMIT_CEILINGS[key]}")
+    tools = document.get("tools", [])
+    if not isinstance(tools, list) or not all(isinstance(t, str) and TOOL_ALLOWANCE.match(t) for t in tools):
+        raise InvalidRequest(
+            "tools must be a list of 'server/tool', 'server/*' or '*' (the MCP tools the agent may call)"
+        )
     config = document.get("config")
     clean = {"capabilities": list(dict.fromkeys(capabilities)), "limits": dict(given)}
+    if tools:
+        clean["tools"] = list(dict.fromkeys(tools))
     if config is not None:
         clean["config"] = config
-    return AgentSpec(tuple(clean["capabilities"]), Limits(**values), config, clean)
+    return AgentSpec(
+        tuple(clean["capabilities"]), Limits(**values), config, clean, tuple(clean.get("tools", ()))
+    )
 
 
 def check_name(name: Any) -> str:
@@ -261,6 +278,7 @@ class AgentCell:
             "reason": self.reason,
             "node": node_id,
             "capabilities": list(self.spec.capabilities),
+            "tools": list(self.spec.tools),
             "module": {"hash": self.module_hash, "size": self.module_size},
             "limits": {
                 "memory": limits.memory,

@@ -30,6 +30,7 @@ from caxton.agents.runtime import InvalidWasm
 from caxton.cluster.interfaces import ICluster
 from caxton.cluster.standalone import Standalone
 from caxton.config import parse_duration, parse_host_port
+from caxton.mcp.interfaces import IToolGateway
 from caxton.errors import AgentNotFound, CaxtonError, ConversationNotFound, InvalidRequest
 from caxton.router.router import CLIENT_PREFIX, Router, new_id
 from caxton.store.interfaces import IStateStore, StoredMessage
@@ -145,6 +146,7 @@ class CaxtonAPI:
     @param ready: tells whether the node is ready (state loaded, listening).
     @param cluster: the cluster this node belongs to (by default it runs
         alone).
+    @param tools: the MCP tool gateway, for C{GET /api/v1/tools}.
     """
 
     app = Klein()
@@ -159,6 +161,7 @@ class CaxtonAPI:
         max_wait: float = 60.0,
         ready: Callable[[], bool] = lambda: True,
         cluster: Optional[ICluster] = None,
+        tools: Optional[IToolGateway] = None,
     ) -> None:
         self._reactor = reactor
         self._agents = agents
@@ -168,6 +171,7 @@ class CaxtonAPI:
         self._max_wait = max_wait
         self._ready = ready
         self._cluster: ICluster = cluster if cluster is not None else Standalone(agents)
+        self._tools = tools
 
     def resource(self) -> Any:
         """
@@ -320,6 +324,16 @@ class CaxtonAPI:
         """
         await _detached(self._cluster.leave())
         return self._json(request, {"left": True})
+
+    # Tools -----------------------------------------------------------------------------
+
+    @app.route("/api/v1/tools", methods=["GET"])
+    async def list_tools(self, request: Any) -> bytes:
+        """
+        The MCP servers this node is configured with and their tools.
+        """
+        servers = await self._tools.catalog() if self._tools is not None else []
+        return self._json(request, {"servers": servers})
 
     # Agents ----------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from typing import Any, DefaultDict, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from caxton.acl.message import (
@@ -32,12 +33,14 @@ from caxton.acl.message import (
     CapabilityReceiver,
     InvalidMessage,
     encode_body,
+    make_reply,
     message_to_dict,
     parse_message,
 )
 from caxton.acl.protocols import ConversationTracker
 from caxton.agents.manager import AgentManager, IMessageSink
 from caxton.errors import CaxtonError, NotAccepting
+from caxton.mcp.interfaces import IToolGateway, ToolFailure
 from caxton.store.interfaces import ConversationRecord, IStateStore
 
 log = Logger()
@@ -47,6 +50,9 @@ NODE = "caxton"
 
 #: Names that start with this are API clients, with a mailbox.
 CLIENT_PREFIX = "client:"
+
+#: Names that start with this are MCP tools, C{mcp:<server>/<tool>}.
+TOOL_PREFIX = "mcp:"
 
 #: Conversation summaries kept in memory for recording.
 _SUMMARIES = 10_000
@@ -104,6 +110,8 @@ class Router:
     @param reactor: provides C{seconds} and C{callLater}.
     @param agents: the agents hosted here.
     @param store: where conversations, mailboxes and dead letters go.
+    @param tools: the MCP tool gateway, for receivers C{mcp:<server>/<tool>}
+        (none: such messages fail with C{NOT_FOUND}).
     """
 
     def __init__(
@@ -112,10 +120,12 @@ class Router:
         agents: AgentManager,
         store: IStateStore,
         tracker: Optional[ConversationTracker] = None,
+        tools: Optional[IToolGateway] = None,
     ) -> None:
         self._reactor = reactor
         self._agents = agents
         self._store = store
+        self._tools = tools
         self._tracker = tracker if tracker is not None else ConversationTracker()
         self._summaries: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
         self._deadline: Any = None
@@ -250,6 +260,9 @@ class Router:
             # never bounced back, which could loop.
             self.counters["to_node"] += 1
             return
+        if name.startswith(TOOL_PREFIX):
+            self._call_tool(message, name)
+            return
         if name.startswith(CLIENT_PREFIX):
             self._store.record_mailbox(name, body)
             self._mailbox_waiters.fire(name)
@@ -263,6 +276,58 @@ class Router:
             self._fail(message, name, e.code, str(e))
         else:
             self.counters["delivered"] += 1
+
+    # MCP tools (SPEC 8) ------------------------------------------------------
+
+    def _call_tool(self, message: ACLMessage, name: str) -> None:
+        """
+        Hand a message for C{mcp:<server>/<tool>} to the tool gateway; its
+        answer comes back from the tool's name as C{inform}, or as a
+        C{failure} from the node naming the reason.
+        """
+        tools = self._tools
+        if tools is None:
+            self._fail(message, name, "NOT_FOUND", "this node has no MCP servers configured")
+            return
+        if message.performative != "request":
+            self._fail(message, name, "NOT_UNDERSTOOD", "MCP tools answer only request")
+            return
+        try:
+            server, tool = tools.parse_receiver(name)
+        except ToolFailure as e:
+            self._fail(message, name, e.reason, e.detail)
+            return
+        sender = message.sender or ""
+        if not sender.startswith(CLIENT_PREFIX):
+            cell = self._agents.get(sender)
+            allowances = cell.spec.tools if cell is not None else ()
+            if not tools.allowed(allowances, server, tool):
+                self._fail(
+                    message,
+                    name,
+                    "FORBIDDEN",
+                    f"agent {sender!r} may not call {server}/{tool}: "
+                    f"its spec's tools are {list(allowances)!r}",
+                )
+                return
+        self.counters["tool_calls"] += 1
+        d = tools.call(server, tool, message.content)
+        d.addCallbacks(
+            self._tool_answered,
+            self._tool_failed,
+            callbackArgs=(message, name),
+            errbackArgs=(message, name),
+        )
+
+    def _tool_answered(self, result: Any, message: ACLMessage, name: str) -> None:
+        self._route(self._accept(make_reply(message, "inform", result, sender=name)))
+
+    def _tool_failed(self, failure: Failure, message: ACLMessage, name: str) -> None:
+        if failure.check(ToolFailure):
+            self._fail(message, name, failure.value.reason, failure.value.detail)
+            return
+        log.failure("calling tool {tool}", failure, tool=name)
+        self._fail(message, name, "TOOL_ERROR", "the tool call failed; see the node's log")
 
     def _record(self, message: ACLMessage, receivers: Tuple[str, ...], body: Dict[str, Any]) -> None:
         conversation_id = message.conversation_id
