@@ -896,6 +896,57 @@ class ConnectionTests(StreamTestCase):
         quiet = Address("127.0.0.1", mute.getHost().port)
         self.assertIs(await a.probe("b", quiet, 0.5), StreamPing.SILENT)
 
+    async def test_probe_is_about_the_address(self) -> None:
+        """
+        A probe of a node at an address where nothing listens is REFUSED
+        even while that node is connected from elsewhere (it restarted at a
+        new address): the old address is what is asked about.
+        """
+        a = await self.node("a")
+        b = await self.node("b")
+        assert a.address is not None
+        await b.request("a", a.address, ECHO, b"x", 5)
+        self.assertEqual(a.connected_peers(), ["b"])
+        from twisted.internet import reactor
+
+        gone = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Protocol))
+        old = Address("127.0.0.1", gone.getHost().port)
+        await gone.stopListening()
+        self.assertIs(await a.probe("b", old, 5), StreamPing.REFUSED)
+
+    async def test_strangers_are_limited(self) -> None:
+        """
+        Connections that never finish the TLS handshake are held only up to
+        a limit per source address; past it they are closed at once.  Once
+        the strangers go, the node serves its peers (on this one host they
+        share the strangers' address, so not before).
+        """
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+
+        from caxton.cluster.stream import MAX_UNIDENTIFIED_PER_HOST
+
+        a = await self.node("a")
+        b = await self.node("b")
+        assert a.address is not None
+        closed: List[int] = []
+
+        class Silent(Protocol):
+            def connectionLost(self, reason: Any = None) -> None:
+                closed.append(1)
+
+        strangers = []
+        for _ in range(MAX_UNIDENTIFIED_PER_HOST + 8):
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", a.address.port)
+            strangers.append(await endpoint.connect(Factory.forProtocol(Silent)))
+        await self.settle(lambda: len(closed) >= 8, "connections over the limit closed")
+        self.assertGreaterEqual(a.counters["refused_accept_limit"], 8)
+        for stranger in strangers:
+            stranger.transport.abortConnection()
+        await self.settle(lambda: len(closed) == len(strangers), "strangers gone")
+        await self.settle(lambda: a.connection_count() == 0, "a let them go")
+        self.assertEqual(await b.request("a", a.address, ECHO, b"y", 5), b"b:y")
+
     async def test_peer_lost_without_a_word(self) -> None:
         """
         A connection that drops without a shutdown frame (the peer's

@@ -136,6 +136,38 @@ class RegistryTests(SynchronousTestCase):
         b.registry.member_joined(_Member("a"))
         self.assertEqual(_names(b.registry), [("x", "a")])
 
+    def test_news_relayed_once(self) -> None:
+        """
+        News learned from a broadcast is passed on (under the same key, so
+        it replaces older news about that agent in the queue); news already
+        known is not, so relaying ends.
+        """
+        a, b = _Node("a"), _Node("b")
+        a.registry.publish("echo", 1, "running", [])
+        a.deliver_to(b)
+        a.deliver_to(b)
+        self.assertEqual([key for key, _ in b.sent], ["agent/a/echo"])
+        self.assertEqual(decode_entries(b.sent[0][1], 0.0)[0].name, "echo")
+
+    def test_gone_member_forgotten(self) -> None:
+        """
+        The entries of a member gone for the tombstone TTL are forgotten,
+        with the member's mark; before then they are only hidden.
+        """
+        a, b = _Node("a"), _Node("b")
+        a.registry.publish("x", 1, "running", [])
+        a.deliver_to(b)
+        b.registry.member_failed(_Member("a"))
+        b.clock.advance(3600)
+        self.assertEqual(b.registry.expire(), 0)
+        b.registry.member_joined(_Member("a"))
+        self.assertEqual(_names(b.registry), [("x", "a")])
+        b.registry.member_failed(_Member("a"))
+        b.clock.advance(25 * 3600)
+        self.assertEqual(b.registry.expire(), 1)
+        b.registry.member_joined(_Member("a"))
+        self.assertEqual(b.registry.entries(), [])
+
     def test_left_member_withdrawn(self) -> None:
         """
         A member that left takes its agents with it.

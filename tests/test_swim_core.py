@@ -570,6 +570,21 @@ class LocalHealthTests(SynchronousTestCase):
         h.feed(Suspect(0, "a", "b"))
         self.assertEqual(h.m.local_health, 1)
 
+    def test_one_stall_counts_once(self) -> None:
+        """
+        One stall reported by several late timers (the lag monitor and the
+        probe's) raises local health once.
+        """
+        h = Harness(["b"])
+        h.clock.advance(10.0)
+        h.m.note_lag(2.0)
+        h.clock.advance(0.01)
+        h.m.note_lag(2.01)
+        self.assertEqual((h.m.local_health, h.m.stats.lag_events), (1, 1))
+        h.clock.advance(5.0)
+        h.m.note_lag(1.0)
+        self.assertEqual((h.m.local_health, h.m.stats.lag_events), (2, 2))
+
     def test_lag_raises(self) -> None:
         """
         Reactor lag above the threshold adds one; below it, nothing.
@@ -970,6 +985,21 @@ class LeftDeadReclaimTests(SynchronousTestCase):
             self.assertEqual((member.addr, member.incarnation, member.state), (ELSEWHERE, 9, State.ALIVE))
             self.assertEqual(h.listener.events[-1], ("updated", "b", State.ALIVE))
             self.assertNotIn("failed", [event for event, _, _ in h.listener.events])
+
+    def test_stale_claim_not_taken(self) -> None:
+        """
+        A claim refused because the old address answered, and then
+        superseded by newer news from the member where it is, is not taken
+        when the member later dies: the member stays dead, at its address.
+        """
+        h = Harness(["b"])
+        h.feed(Alive(2, "b", ELSEWHERE))
+        h.transport.stream_pings[0][2].callback(StreamPing.ANSWERED)
+        h.feed(Alive(50, "b", addr_of("b")))
+        h.feed(Dead(50, "b", "c"))
+        member = h.m.member("b")
+        self.assertEqual((member.state, member.addr, member.incarnation), (State.DEAD, addr_of("b"), 50))
+        self.assertNotIn("joined", [event for event, node, _ in h.listener.events[1:] if node == "b"])
 
     def test_two_processes_one_id(self) -> None:
         """

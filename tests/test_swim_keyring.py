@@ -484,6 +484,20 @@ class ReplayFilterTests(SynchronousTestCase):
                 seen.add(counter)
                 highest = max(highest, counter)
 
+    def test_future_epoch_refused(self) -> None:
+        """
+        A datagram claiming its sender started more than a day from now is
+        dropped and not recorded, so it cannot shut out the sender's real
+        datagrams (a holder of the key forging a huge epoch).
+        """
+        replay = ReplayFilter()
+        now = 1_800_000_000.0
+        with self.assertRaises(Dropped) as caught:
+            replay.accept("n", 2**63, 1, now)
+        self.assertEqual(caught.exception.reason, DropReason.MALFORMED)
+        replay.accept("n", int(now * 1000), 1, now)
+        self.assertEqual(len(replay), 1)
+
     def test_bad_bound(self) -> None:
         """
         A filter that remembers no sender is refused.

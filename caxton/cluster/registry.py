@@ -29,7 +29,7 @@ L{IMembershipListener} for the SWIM core.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import attr
 from twisted.logger import Logger
@@ -192,8 +192,9 @@ class Registry:
         self._tombstone_ttl = tombstone_ttl
         self._seq = 0
         self._entries: Dict[Tuple[str, str], Entry] = {}
-        # Members known dead or left: their entries are withdrawn.
-        self._gone: Set[str] = set()
+        # Members known dead or left, and since when: their entries are
+        # withdrawn, and forgotten after the tombstone TTL.
+        self._gone: Dict[str, float] = {}
         self.observers: List[Callable[[Entry], None]] = []
 
     # This node's agents ---------------------------------------------------------
@@ -271,10 +272,14 @@ class Registry:
         for observer in self.observers:
             observer(entry)
 
-    def _merge(self, entries: Iterable[Entry]) -> int:
+    def _merge(self, entries: Iterable[Entry], relay: bool = False) -> int:
         """
         Keep what is newer than what we know; answer stale news about our
         own agents with tombstones.  Returns how many entries changed.
+
+        @param relay: pass news that was new to us on by broadcast, as SWIM
+            passes on membership news (infection-style dissemination: the
+            owner's own broadcasts alone reach only a few nodes).
         """
         changed = 0
         for entry in entries:
@@ -290,6 +295,10 @@ class Registry:
                 continue
             self._store(entry)
             changed += 1
+            if relay:
+                payload = encode_entries([entry])
+                if len(payload) <= MAX_BROADCAST:
+                    self._broadcast(f"agent/{entry.node}/{entry.name}", payload)
         return changed
 
     def _own_news(self, entry: Entry) -> None:
@@ -312,12 +321,20 @@ class Registry:
 
     def expire(self) -> int:
         """
-        Forget tombstones older than the tombstone TTL; returns how many.
+        Forget tombstones older than the tombstone TTL, and the entries of
+        members gone for that long; returns how many entries went.
         """
         horizon = self._clock.seconds() - self._tombstone_ttl
-        old = [k for k, e in self._entries.items() if e.removed and e.seen_at < horizon]
+        forgotten = {node for node, since in self._gone.items() if since < horizon}
+        old = [
+            k
+            for k, e in self._entries.items()
+            if (e.removed and e.seen_at < horizon) or e.node in forgotten
+        ]
         for key in old:
             del self._entries[key]
+        for node in forgotten:
+            del self._gone[node]
         return len(old)
 
     # IMembershipDelegate -----------------------------------------------------------
@@ -351,7 +368,7 @@ class Registry:
         except ValueError as e:
             log.debug("dropped a malformed registry broadcast: {error}", error=str(e))
             return
-        self._merge(entries)
+        self._merge(entries, relay=True)
 
     # IMembershipListener -----------------------------------------------------------
 
@@ -359,7 +376,7 @@ class Registry:
         """
         A member (re)appeared: its entries count again.
         """
-        self._gone.discard(member.node)
+        self._gone.pop(member.node, None)
 
     def member_updated(self, member: Any) -> None:
         """
@@ -375,7 +392,7 @@ class Registry:
         """
         A refuted suspicion changes nothing.
         """
-        self._gone.discard(member.node)
+        self._gone.pop(member.node, None)
 
     def member_failed(self, member: Any) -> None:
         """
@@ -392,7 +409,7 @@ class Registry:
     def _withdraw_member(self, node: str, why: str) -> None:
         if node == self.node_id:
             return
-        self._gone.add(node)
+        self._gone.setdefault(node, self._clock.seconds())
         count = sum(1 for e in self._entries.values() if e.node == node and not e.removed)
         if count:
             log.info(

@@ -95,20 +95,22 @@ class KeyFileWatcher:
         self._path = path
         self._clock = clock
         self._install = install
-        self._signature = self._stat()
+        self._signature: Optional[Tuple[int, int, int]] = None
         self._call: Any = None
 
-    def _stat(self) -> Optional[Tuple[float, int, int]]:
+    def _stat(self) -> Optional[Tuple[int, int, int]]:
         try:
             st = os.stat(self._path)
         except OSError:
             return None
-        return (st.st_mtime, st.st_size, st.st_ino)
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def start(self) -> None:
         """
-        Check every L{KEY_CHECK_INTERVAL} seconds.
+        Note the file as it is (the keys in use were read from it), then
+        check every L{KEY_CHECK_INTERVAL} seconds.
         """
+        self._signature = self._stat()
         self._call = self._clock.callLater(KEY_CHECK_INTERVAL, self.check)
 
     def stop(self) -> None:
@@ -166,6 +168,11 @@ class ClusterService(Service):
             self.swim_config: SwimConfig = profile(self.profile_name, **config.swim_overrides)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"gossip: {e}")
+        if self.swim_config.probe_timeout >= self.swim_config.probe_interval:
+            raise ConfigError(
+                "gossip.probe_timeout: must be shorter than gossip.probe_interval "
+                "(indirect probes run in between)"
+            )
         if not 576 <= self.swim_config.max_packet <= 65_507:
             # Every node must use the same value: a receiver drops larger
             # datagrams.
@@ -198,6 +205,7 @@ class ClusterService(Service):
         self._sweep = LoopingCall(self._expire_tombstones)
         self._sweep.clock = reactor
         self._joining: Optional[Deferred] = None
+        self._join_token: Optional[object] = None
         self._key_watcher: Optional[KeyFileWatcher] = None
         self._largest = 1
         self.last_sync: Optional[float] = None
@@ -331,6 +339,7 @@ class ClusterService(Service):
         """
         if self.membership is not None and not self.membership.left:
             await self.leave_gracefully()
+        self._join_token = None
         if self._joining is not None:
             self._joining.cancel()
         self._lag.stop()
@@ -355,6 +364,7 @@ class ClusterService(Service):
         """
         if self.membership is None or self.membership.left:
             return
+        self._join_token = None
         if self._joining is not None:
             self._joining.cancel()
         log.info("node {node_id} leaving the cluster", node_id=self.node_id)
@@ -389,9 +399,12 @@ class ClusterService(Service):
         A leave or a stop ends it.
         """
 
+        token = object()
+        self._join_token = token
+
         async def go() -> None:
             delay = 1.0
-            while self._in_cluster():
+            while self._join_token is token and self._in_cluster():
                 addresses = [a for a in await self._addresses(seeds) if a != self.address]
                 if not addresses and all(self._is_me(seed) for seed in seeds):
                     log.info("the only seed is this node: it starts the cluster")
@@ -399,6 +412,8 @@ class ClusterService(Service):
                 membership = self.membership
                 if addresses and membership is not None:
                     reached = await membership.join(addresses)
+                    if self._join_token is not token:
+                        return
                     if reached:
                         log.info(
                             "joined through {reached} of {count} seeds",
@@ -450,6 +465,9 @@ class ClusterService(Service):
         if self.membership is None or self.membership.left:
             raise InvalidRequest("this node is not in a cluster")
         await self.leave_gracefully()
+        # Out of the cluster: no more probing, gossip or push-pull until a
+        # join starts a fresh view.
+        self.membership.stop()
 
     # ISwimTransport ---------------------------------------------------------------
 

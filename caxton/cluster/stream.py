@@ -550,6 +550,8 @@ class _StreamProtocol(Protocol):
         self._streams = streams
         self.dial = dial
         self.outbound = dial is not None
+        #: The source address of an inbound connection, if known.
+        self.remote_host: Optional[str] = None
         # Until the peer has said who it is, it gets room for a HELLO and
         # no more: an unidentified connection cannot pin megabytes.
         self.decoder = FrameDecoder(min(streams.max_frame_size, _HANDSHAKE_FRAME_SIZE))
@@ -1026,6 +1028,12 @@ def _ssl_message(reason: Failure) -> str:
     return reason.getErrorMessage() or reason.type.__name__
 
 
+#: Inbound connections not yet identified (TLS and HELLO) held at once, in
+#: all and from one source address.
+MAX_UNIDENTIFIED = 256
+MAX_UNIDENTIFIED_PER_HOST = 32
+
+
 class _AcceptFactory(Factory):
     """
     Makes the accepting end of streams.
@@ -1039,7 +1047,38 @@ class _AcceptFactory(Factory):
     def buildProtocol(self, addr: object) -> Optional[_StreamProtocol]:
         if not self._streams.accepting:
             return None
-        return _StreamProtocol(self._streams)
+        conn = _StreamProtocol(self._streams)
+        conn.remote_host = getattr(addr, "host", None)
+        return conn
+
+
+class _Gate(Factory):
+    """
+    In front of the TLS layer of the listener: before its TLS handshake and
+    HELLO a connection is a stranger's, so hold only so many, in all and per
+    source address; past that, close new ones at once.  Strangers then
+    cannot pin the node's memory with half-open handshakes.
+    """
+
+    noisy = False
+
+    def __init__(self, streams: "NodeStreams", inner: Factory) -> None:
+        self._streams = streams
+        self._inner = inner
+
+    def buildProtocol(self, addr: object) -> Optional[Protocol]:
+        streams = self._streams
+        if not streams.accepting:
+            return None
+        host = getattr(addr, "host", None)
+        waiting = [
+            c for c in streams._connections if not c.outbound and c.state in (_TLS_STATE, _HELLO_STATE)
+        ]
+        same_host = sum(1 for c in waiting if c.remote_host == host)
+        if len(waiting) >= MAX_UNIDENTIFIED or same_host >= MAX_UNIDENTIFIED_PER_HOST:
+            streams.counters["refused_accept_limit"] += 1
+            return None
+        return self._inner.buildProtocol(addr)
 
 
 class _DialFactory(Factory):
@@ -1179,7 +1218,8 @@ class NodeStreams(Service):
                 f"the certificate in {self._tls.directory} is for node "
                 f"{material.node_id}, not {self.node_id}"
             )
-        factory = TLSMemoryBIOFactory(self._tls, False, _AcceptFactory(self), clock=self._reactor)
+        tls = TLSMemoryBIOFactory(self._tls, False, _AcceptFactory(self), clock=self._reactor)
+        factory = _Gate(self, tls)
         self.accepting = True
         try:
             self._port = await self._endpoint.listen(factory)
@@ -1283,6 +1323,7 @@ class NodeStreams(Service):
         kind: int,
         payload: bytes,
         timeout: float,
+        at_address: bool = False,
     ) -> Deferred:
         """
         Send a request to C{node} at C{addr} and wait for its answer,
@@ -1291,6 +1332,8 @@ class NodeStreams(Service):
         @param node: the peer's node id, or C{None} for an address whose
             node is unknown (a seed): then any node of the cluster will do.
         @param timeout: seconds, dialing included.
+        @param at_address: use only a connection dialed to C{addr} (or dial
+            one), not the node's connection from elsewhere.
         @return: a Deferred that fires with the response payload, or fails
             with L{PeerRefused}, L{PeerUnreachable}, L{RequestTimeout},
             L{PeerConnectionLost}, L{RemoteError}, L{PeerQueueFull} or
@@ -1302,7 +1345,7 @@ class NodeStreams(Service):
             return fail(FrameTooLarge(f"a request of {len(payload)} bytes exceeds the frame limit"))
 
         async def go() -> bytes:
-            conn = await self._connection(node, addr)
+            conn = await self._connection(node, addr, at_address)
             return await conn.request(kind, payload)
 
         d = Deferred.fromCoroutine(go())
@@ -1354,7 +1397,7 @@ class NodeStreams(Service):
             refused the TCP connection (nothing listens there), and
             L{StreamPing.SILENT} for anything else; it never fails.
         """
-        d = self.request(node, addr, Kind.PING, b"", timeout)
+        d = self.request(node, addr, Kind.PING, b"", timeout, at_address=True)
 
         def answered(payload: bytes) -> StreamPing:
             if payload == node.encode("utf-8"):
@@ -1427,10 +1470,20 @@ class NodeStreams(Service):
 
     # -- connections
 
-    def _connection(self, node: Optional[str], addr: Address) -> Deferred:
+    def _connection(self, node: Optional[str], addr: Address, at_address: bool = False) -> Deferred:
+        """
+        A usable connection to C{node} at C{addr}: an existing one, or a
+        dial.  With C{at_address}, only a connection this node dialed to
+        C{addr} will do (a probe of that address must not be answered by
+        the node's connection from somewhere else).
+        """
         if node == self.node_id:
             return fail(PeerRefused(RefuseReason.SELF, f"{node} is this node"))
-        if node is not None:
+        if at_address:
+            conn = self._by_addr.get(addr)
+            if conn is not None and conn.usable and conn.peer_node == node:
+                return succeed(conn)
+        elif node is not None:
             conn = self._peers.get(node)
             if conn is not None and conn.usable:
                 return succeed(conn)

@@ -416,6 +416,7 @@ class Membership:
         self._leave_d: Optional[Deferred] = None
         self._leave_sent = False
         self._urgent: List[str] = []
+        self._lag_counted_until = float("-inf")
         self._leave_call: Any = None
         self._handlers: Dict[type, Callable[[Any], None]] = {
             Ping: self._handle_ping,
@@ -726,11 +727,21 @@ class Membership:
         """
         if seconds <= self.config.lag_threshold:
             return
-        self.stats.lag_events += 1
+        now = self._clock.seconds()
+        began = now - seconds
+        # One stall is seen by every timer it delayed (the lag monitor's,
+        # the probe's): count it once.
+        counted = began < self._lag_counted_until
+        self._lag_counted_until = max(self._lag_counted_until, now)
+        if not counted:
+            self.stats.lag_events += 1
         if not self.config.lifeguard:
             return
-        self._log.info("reactor lagged {lag:.3f}s; counting it against local health", lag=seconds)
-        self._apply_awareness(1)
+        if not counted:
+            self._log.info(
+                "reactor lagged {lag:.3f}s; counting it against local health", lag=seconds
+            )
+            self._apply_awareness(1)
         # Only a probe that was under way when the lag began is spoiled; one
         # started as the reactor caught up will read its ack in time.
         probe = self._probe
@@ -816,6 +827,8 @@ class Membership:
         for node in self._nodes:
             if node is not self._me and node.state >= _DEAD and now - node.state_change > limit:
                 del self._node_map[node.node]
+                self._claims.pop(node.node, None)
+                _cancel(self._claim_calls.pop(node.node, None))
                 continue
             keep.append(node)
         self._rng.shuffle(keep)
@@ -1149,8 +1162,11 @@ class Membership:
             return
 
         self._broadcast(alive.node, alive)
-        if updates_address:
-            self._claims.pop(alive.node, None)
+        claim = self._claims.get(alive.node)
+        if claim is not None and (updates_address or alive.incarnation >= claim.incarnation):
+            # The member moved, or said something newer where it is: the
+            # claim is old news and must not be taken later.
+            del self._claims[alive.node]
         self._failed.pop(alive.node, None)
         self._told_dead.pop(alive.node, None)
         state.incarnation = alive.incarnation
@@ -1193,7 +1209,13 @@ class Membership:
             self._claim_checks.pop(node, None)
             state = self._node_map.get(node)
             claim = self._claims.get(node)
-            if self._stopped or state is None or claim is None or state.addr != old:
+            if (
+                self._stopped
+                or state is None
+                or claim is None
+                or state.addr != old
+                or claim.incarnation <= state.incarnation
+            ):
                 return
             if outcome is StreamPing.ANSWERED:
                 self._log.warn(
@@ -1368,7 +1390,12 @@ class Membership:
         self._claim_calls.pop(node, None)
         claim = self._claims.pop(node, None)
         state = self._node_map.get(node)
-        if claim is not None and state is not None and state.state >= _DEAD:
+        if (
+            claim is not None
+            and state is not None
+            and state.state >= _DEAD
+            and claim.incarnation > state.incarnation
+        ):
             self._log.info(
                 "taking {node} back at {addr}, where it claimed its name while its old "
                 "entry was alive",
@@ -1489,7 +1516,7 @@ class Membership:
                 else:
                     self._suspect_node(Suspect(r.incarnation, r.node, self.node_id))
             except Exception:
-                self._log.failure("merging {member}", member=r)
+                self._log.failure("merging {member}", member=r.node)
         if remote.user_state and self._delegate is not None:
             try:
                 self._delegate.merge_remote_state(remote.user_state, remote.join)

@@ -321,6 +321,10 @@ class _SenderWindow:
         self.last_seen = now
 
 
+#: How far ahead of ours a sender's clock may be, in seconds.
+MAX_CLOCK_AHEAD = 86_400.0
+
+
 class ReplayFilter:
     """
     Per-sender replay detection for authenticated datagrams (see the module
@@ -351,6 +355,11 @@ class ReplayFilter:
         @raise Dropped: with L{DropReason.REPLAYED} if it is a replay; then
             nothing is recorded.
         """
+        if epoch > (now + MAX_CLOCK_AHEAD) * 1000:
+            # An epoch is its sender's start time: one far in the future
+            # would shut out every real datagram of that sender (a forged
+            # or corrupt clock), so it is refused rather than recorded.
+            raise Dropped(DropReason.MALFORMED, "datagram from a sender whose clock is a day ahead")
         entry = self._senders.get(sender)
         if entry is None or epoch > entry.epoch or (
             epoch < entry.epoch and now - entry.last_seen > self.replay_window
