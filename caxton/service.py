@@ -10,6 +10,8 @@ L{CaxtonService} is one C{MultiService} with named children:
   - C{agents}: the hosted agents (L{caxton.agents.manager.AgentManager});
   - C{cluster}: membership, node streams and the registry, when the node
     has a bind address (L{caxton.cluster.service.ClusterService});
+  - C{tools}: the MCP servers agents may call, when some are configured
+    (L{ToolsService});
   - C{api}: one listener per C{--api} endpoint.
 
 Starting is ordered and asynchronous (the store must be open before the
@@ -92,6 +94,30 @@ class RuntimeService(Service):
         self.runtime.stop()
 
 
+class ToolsService(Service):
+    """
+    Starts and stops the MCP tool gateway (reads token files, closes HTTP
+    connections).
+    """
+
+    name = "tools"
+
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+
+    async def open(self) -> None:
+        """
+        Start the gateway.
+        """
+        self.gateway.start()
+
+    async def close(self) -> None:
+        """
+        Stop the gateway; calls in flight fail.
+        """
+        await self.gateway.stop()
+
+
 class CaxtonService(MultiService):
     """
     One Caxton node.
@@ -126,13 +152,11 @@ class CaxtonService(MultiService):
     async def _start(self) -> None:
         for child in self:
             child.startService()
-            if isinstance(child, (StoreService, RuntimeService)):
+            if _opens(child):
                 await child.open()
             if isinstance(child, AgentManager):
                 await child.load()
                 await self._redeliver(child)
-            if child.name == "cluster":
-                await child.open()
         self.ready = True
         log.info("caxton node ready")
 
@@ -205,12 +229,21 @@ class CaxtonService(MultiService):
         for child in reversed(children):
             if child in api:
                 continue
-            if isinstance(child, (StoreService, RuntimeService)) or child in cluster:
+            if _opens(child):
                 await child.close()
             if child.running:
                 await maybeDeferred(child.stopService)
         log.info("caxton node stopped")
         _forget_sigterm(self._reactor)
+
+
+def _opens(child: IService) -> bool:
+    """
+    Whether C{child} has work to do at start and stop beyond running: an
+    C{open()} and a C{close()} coroutine (the store, the runtime, the
+    cluster, the tools), awaited in order at start and in reverse at stop.
+    """
+    return callable(getattr(child, "open", None)) and callable(getattr(child, "close", None))
 
 
 def _forget_sigterm(reactor: Any) -> None:
