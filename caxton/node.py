@@ -24,7 +24,7 @@ from caxton.api.app import CaxtonAPI
 from caxton.api.site import make_site
 from caxton.config import Config, ConfigError
 from caxton.router.router import Router
-from caxton.service import CaxtonService, RuntimeService, StoreService, data_paths
+from caxton.service import CaxtonService, RuntimeService, StoreService, ToolsService, data_paths
 from caxton.store.sqlite import SQLiteStore
 
 #: How often retention runs over conversations, mailboxes and dead letters.
@@ -58,7 +58,17 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
     agents = AgentManager(
         reactor, runtime, workers, store, config.agent_defaults, config["node_id"]
     )
-    router = Router(reactor, agents, store)
+    tools = None
+    if config["mcp.servers"]:
+        # Imported here: a node without MCP servers loads no MCP code.
+        from caxton.mcp.gateway import McpServerConfig, ToolGateway
+
+        tools = ToolGateway(
+            reactor,
+            [McpServerConfig(*server) for server in config["mcp.servers"]],
+            timeout=config["mcp.timeout"],
+        )
+    router = Router(reactor, agents, store, tools=tools)
     root = CaxtonService(reactor, router, config["shutdown_grace"])
     cluster = None
     if config.clustered:
@@ -75,12 +85,15 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
         max_wait=config["http.max_wait"],
         ready=lambda: root.ready,
         cluster=cluster,
+        tools=tools,
     )
     site = make_site(api.resource(), config["http.max_body"], config["http.timeout"])
 
     StoreService(store).setServiceParent(root)
     RuntimeService(runtime, workers).setServiceParent(root)
     agents.setServiceParent(root)
+    if tools is not None:
+        ToolsService(tools).setServiceParent(root)
     if cluster is not None:
         cluster.setServiceParent(root)
     retention = TimerService(RETENTION_INTERVAL, lambda: store.expire(reactor.seconds()))

@@ -27,6 +27,7 @@ from caxton.agents.executor import InlineWorkers
 from caxton.agents.manager import AgentManager
 from caxton.agents.runtime import WasmRuntime
 from caxton.config import load
+from caxton.mcp.gateway import allowed, parse_receiver
 from caxton.mcp.interfaces import IToolGateway, ToolFailure
 from caxton.router.router import Router
 from caxton.store.sqlite import SQLiteStore
@@ -157,8 +158,7 @@ class FakeTools:
     An in-memory L{IToolGateway}: tools are Python callables by
     C{(server, tool)}; a call answers with what the callable returns, a
     L{ToolFailure} it raises, or a Deferred it returns (to answer later).
-    Allowances follow the real gateway's rules (C{server/tool},
-    C{server/*}, C{*}); tests check both against the same cases.
+    Receiver names and allowances go through the real gateway's functions.
 
     @ivar calls: every C{(server, tool, arguments)} called.
     """
@@ -168,13 +168,10 @@ class FakeTools:
         self.calls: List[Tuple[str, str, Any]] = []
 
     def parse_receiver(self, name: str) -> Tuple[str, str]:
-        server, sep, tool = name[len("mcp:"):].partition("/")
-        if not name.startswith("mcp:") or not sep or not server or not tool:
-            raise ToolFailure("INVALID_MESSAGE", f"{name!r} is not mcp:<server>/<tool>")
-        return server, tool
+        return parse_receiver(name)
 
     def allowed(self, allowances: Sequence[str], server: str, tool: str) -> bool:
-        return any(a in ("*", f"{server}/*", f"{server}/{tool}") for a in allowances)
+        return allowed(allowances, server, tool)
 
     def call(self, server: str, tool: str, arguments: Any) -> Deferred:
         self.calls.append((server, tool, arguments))

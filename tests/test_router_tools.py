@@ -73,7 +73,7 @@ class ToolReceiverTests(LocalNodeTestCase):
         cases = [
             ("mcp:state/broken", "request", "TOOL_ERROR", "disk full"),
             ("mcp:state/nope", "request", "NOT_FOUND", "no tool"),
-            ("mcp:state", "request", "INVALID_MESSAGE", "not mcp:"),
+            ("mcp:state", "request", "INVALID_MESSAGE", "not a valid mcp:"),
             ("mcp:state/store", "inform", "NOT_UNDERSTOOD", "only request"),
         ]
         for receiver, performative, reason, detail in cases:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import threading
 from collections import Counter, deque
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
@@ -41,6 +40,7 @@ from caxton.agents.runtime import (
     WasmRuntime,
 )
 from caxton.config import AgentDefaults, parse_count, parse_duration, parse_size
+from caxton.mcp.gateway import parse_allowance
 from caxton.errors import (
     AgentAlreadyExists,
     AgentNotFound,
@@ -139,10 +139,6 @@ _LIMIT_CEILINGS = {
 }
 
 
-#: One entry of a spec's C{tools}: C{server/tool}, C{server/*} or C{*}.
-TOOL_ALLOWANCE = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,62}/(\*|[A-Za-z0-9_][A-Za-z0-9._/-]{0,127}))$")
-
-
 def parse_spec(document: Any, defaults: AgentDefaults) -> AgentSpec:
     """
     Check a deploy spec (capabilities, limits, config) and fill in defaults.
@@ -184,10 +180,15 @@ def parse_spec(document: Any, defaults: AgentDefaults) -> AgentSpec:
         if values[key] > _LIMIT_CEILINGS[key]:
             raise InvalidRequest(f"limits.{key}: at most {_LIMIT_CEILINGS[key]}")
     tools = document.get("tools", [])
-    if not isinstance(tools, list) or not all(isinstance(t, str) and TOOL_ALLOWANCE.match(t) for t in tools):
+    if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
         raise InvalidRequest(
             "tools must be a list of 'server/tool', 'server/*' or '*' (the MCP tools the agent may call)"
         )
+    for allowance in tools:
+        try:
+            parse_allowance(allowance)
+        except ValueError as e:
+            raise InvalidRequest(f"tools: {e}")
     config = document.get("config")
     clean = {"capabilities": list(dict.fromkeys(capabilities)), "limits": dict(given)}
     if tools:
