@@ -54,7 +54,53 @@ class _Output(ProcessProtocol):
         self.ended.callback(reason.value)
 
 
-class NodeProcess:
+class ChildProcess:
+    """
+    A child process the tests started, with how it ended.  Subclasses set
+    C{_process} (from C{spawnProcess}) and C{_output} (a protocol whose
+    C{ended} Deferred fires with the reason the process ended).
+    """
+
+    _process: Any = None
+    _output: Any = None
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> Optional[int]:
+        """
+        Send C{sig} and wait for the process to end; its exit code, or
+        C{None} if a signal ended it.
+        """
+        if self._process is None or self._output is None:
+            return None
+        if self._output.ended.called:
+            ended = self._output.ended.result
+        else:
+            try:
+                self._process.signalProcess({signal.SIGTERM: "TERM", signal.SIGKILL: "KILL"}[sig])
+            except ProcessExitedAlready:
+                pass
+            timer = reactor.callLater(timeout, self.kill)
+            ended = await self._output.ended
+            if timer.active():
+                timer.cancel()
+        self._process = None
+        if isinstance(ended, ProcessDone):
+            return 0
+        if isinstance(ended, ProcessTerminated):
+            return ended.exitCode
+        return None
+
+    def kill(self) -> None:
+        """
+        SIGKILL the process if it still runs.
+        """
+        if self._process is not None and self._output is not None and not self._output.ended.called:
+            try:
+                self._process.signalProcess("KILL")
+            except Exception:
+                pass
+
+
+class NodeProcess(ChildProcess):
     """
     One C{twist caxton} process.
 
@@ -119,42 +165,6 @@ class NodeProcess:
             await deferLater(reactor, 0.1, lambda: None)
         self.kill()
         raise AssertionError(f"node never became ready:\n{self.output}")
-
-    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> Optional[int]:
-        """
-        Send C{sig} and wait for the process to end; its exit code, or
-        C{None} if a signal ended it.
-        """
-        if self._process is None or self._output is None:
-            return None
-        if self._output.ended.called:
-            ended = self._output.ended.result
-        else:
-            try:
-                self._process.signalProcess({signal.SIGTERM: "TERM", signal.SIGKILL: "KILL"}[sig])
-            except ProcessExitedAlready:
-                pass
-            timer = reactor.callLater(timeout, self.kill)
-            ended = await self._output.ended
-            if timer.active():
-                timer.cancel()
-        self._process = None
-        if isinstance(ended, ProcessDone):
-            return 0
-        if isinstance(ended, ProcessTerminated):
-            return ended.exitCode
-        return None
-
-    def kill(self) -> None:
-        """
-        SIGKILL the process if it still runs.
-        """
-        if self._process is not None and self._output is not None and not self._output.ended.called:
-            try:
-                self._process.signalProcess("KILL")
-            except Exception:
-                pass
-
 
 class Client:
     """
