@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -52,6 +53,10 @@ from caxton.swim.messages import Address, State
 from caxton.swim.udp import SwimDatagramProtocol
 
 log = Logger()
+
+#: With bind port 0, how many UDP ports are tried before one is also free
+#: for TCP.
+BIND_ATTEMPTS = 10
 
 #: How often reactor lag is measured for Lifeguard, in seconds.
 LAG_INTERVAL = 0.1
@@ -242,30 +247,11 @@ class ClusterService(Service):
             epoch_ms=self.epoch_ms,
             max_datagram=self.swim_config.max_packet,
         )
+        self.udp = SwimDatagramProtocol(self.envelope, self._deliver)
+        host, port = await self._listen()
         if keyring is not None:
             self._key_watcher = KeyFileWatcher(self._key_file, self._reactor, self._install_keys)
             self._key_watcher.start()
-        self.udp = SwimDatagramProtocol(self.envelope, self._deliver)
-        host, port = self._bind
-        self._port = self._reactor.listenUDP(port, self.udp, interface=host, maxPacketSize=65535)
-        port = self._port.getHost().port
-        try:
-            endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
-            self.streams = NodeStreams(
-                self._reactor,
-                self.node_id,
-                self.cluster_name,
-                self.tls,
-                endpoint_type(self._reactor, port, interface=host),
-                connect_timeout=self.swim_config.tcp_timeout,
-            )
-            self.streams.register_handler(Kind.PUSH_PULL, self._push_pull_received)
-            self.streams.on_peer_lost = self._peer_lost
-            await self.streams.open()
-        except BaseException:
-            await self._port.stopListening()
-            self._port = None
-            raise
         advertise = self._advertise or (host, port)
         self.address = Address(advertise[0], advertise[1] or port)
         self._start_membership()
@@ -281,6 +267,44 @@ class ClusterService(Service):
         )
         if self._seeds:
             self._join_in_background(self._seeds)
+
+    async def _listen(self) -> Tuple[str, int]:
+        """
+        Bind SWIM's UDP port and the node streams' TCP port, the same
+        number.  With port 0 the UDP port is picked first; if that number
+        is taken for TCP, both are tried again (a few times).
+
+        @return: the host and the port bound.
+        """
+        host, wanted = self._bind
+        endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
+        for attempt in range(BIND_ATTEMPTS):
+            self._port = self._reactor.listenUDP(wanted, self.udp, interface=host, maxPacketSize=65535)
+            port = self._port.getHost().port
+            self.streams = NodeStreams(
+                self._reactor,
+                self.node_id,
+                self.cluster_name,
+                self.tls,
+                endpoint_type(self._reactor, port, interface=host),
+                connect_timeout=self.swim_config.tcp_timeout,
+            )
+            self.streams.register_handler(Kind.PUSH_PULL, self._push_pull_received)
+            self.streams.on_peer_lost = self._peer_lost
+            try:
+                await self.streams.open()
+            except CannotListenError:
+                await self._port.stopListening()
+                self._port = None
+                if wanted != 0 or attempt == BIND_ATTEMPTS - 1:
+                    raise
+                continue
+            except BaseException:
+                await self._port.stopListening()
+                self._port = None
+                raise
+            return host, port
+        raise AssertionError("unreachable")
 
     def _start_membership(self) -> None:
         """
