@@ -60,7 +60,6 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
     )
     tools = None
     if config["mcp.servers"]:
-        # Imported here: a node without MCP servers loads no MCP code.
         from caxton.mcp.gateway import McpServerConfig, ToolGateway
 
         tools = ToolGateway(

@@ -171,6 +171,40 @@ class ClusterKeyTests(SynchronousTestCase):
         self.assertEqual(config.swim_overrides, {"indirect_checks": 0, "probe_interval": 2.0})
 
 
+class McpKeyTests(SynchronousTestCase):
+    """
+    The MCP servers agents may use.
+    """
+
+    def test_servers(self) -> None:
+        """
+        A YAML list of mappings, or name=url pairs in the environment; the
+        timeout is a duration.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("mcp:\n  servers:\n    - {name: state, url: 'http://127.0.0.1:9000/mcp', token_file: /t}\n"
+                    "  timeout: 5s\n")
+        config = load({}, {}, path)
+        self.assertEqual(config["mcp.servers"], (("state", "http://127.0.0.1:9000/mcp", "/t"),))
+        self.assertEqual(config["mcp.timeout"], 5.0)
+        config = load({}, {"CAXTON_MCP_SERVERS": "a=http://h/mcp, b=https://k:1/x"})
+        self.assertEqual([s[:2] for s in config["mcp.servers"]], [("a", "http://h/mcp"), ("b", "https://k:1/x")])
+        self.assertEqual(load({}, {})["mcp.servers"], ())
+
+    def test_bad_servers(self) -> None:
+        """
+        A missing url, a bad name, a duplicate name, a non-HTTP URL or an
+        unknown field is one line naming the key.
+        """
+        for bad in ("state", "st ate=http://h", "a=http://h,a=http://k", "a=ftp://h"):
+            with self.assertRaises(ConfigError) as caught:
+                load({}, {"CAXTON_MCP_SERVERS": bad})
+            self.assertIn("mcp.servers", str(caught.exception))
+        with self.assertRaises(ConfigError):
+            load({"mcp.servers": [{"name": "a", "url": "http://h", "extra": 1}]}, {})
+
+
 class DefaultsTests(SynchronousTestCase):
     """
     Defaults that come from the machine.

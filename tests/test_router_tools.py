@@ -157,3 +157,68 @@ class ToolsRouteTests(LocalNodeTestCase):
             body = json.loads(self.successResultOf(response.content()))
             self.assertEqual(response.code, 200)
             self.assertEqual([(s["name"], [t["name"] for t in s["tools"]]) for s in body["servers"]], expected)
+
+
+class ToolAnswerTooLargeTests(LocalNodeTestCase):
+    """
+    A tool's answer the asking agent cannot take ends in a failure to that
+    agent, not in silence.
+    """
+
+    def test_too_large(self) -> None:
+        """
+        An answer over the agent's max_message is refused at its inbox; the
+        agent hears why from the node, and both are dead letters.
+        """
+        tools = FakeTools({("state", "store"): lambda arguments: {"blob": "x" * 4096}})
+        self.node = LocalNode(self.mktemp(), time.time(), tools=tools)
+        self.successResultOf(self.node.open())
+        self.addCleanup(lambda: self.successResultOf(self.node.store.close()))
+        self.router, self.agents = self.node.router, self.node.agents
+        self.deploy("caller", wat_module(testing_agent("silent.wat")), tools=["state/*"],
+                    limits={"max_message": 1024})
+        request = ACLMessage(
+            performative="request", sender="caller", receiver=("mcp:state/store",), content={},
+            conversation_id="big-answer",
+        )
+        self.router.agent_sent("caller", request)
+        self.node.pump()
+        [letter] = [d for d in self.dead_letters() if d.receiver == "caller"]
+        self.assertEqual((letter.reason, letter.message["sender"]), ("TOO_LARGE", "mcp:state/store"))
+        _, messages = self.successResultOf(self.node.store.get_conversation("big-answer", 0, 100))
+        kinds = [(m.message["performative"], m.message["sender"], m.message["receiver"]) for m in messages]
+        self.assertIn(("failure", "caxton", "caller"), kinds)
+
+
+class SpecToolsTests(LocalNodeTestCase):
+    """
+    The deploy spec's C{tools}: checked at deploy, kept, and shown.
+    """
+
+    def test_bad_allowances_refused(self) -> None:
+        """
+        Anything but server/tool, server/* or * is refused, naming the
+        field.
+        """
+        from caxton.agents.manager import parse_spec
+        from caxton.errors import InvalidRequest
+
+        defaults = self.node.config.agent_defaults
+        for bad in (["state"], ["/x"], ["a b/c"], "state/*", [1], ["state/*", "**"]):
+            with self.assertRaises(InvalidRequest) as caught:
+                parse_spec({"tools": bad}, defaults)
+            self.assertIn("tools", str(caught.exception))
+        spec = parse_spec({"tools": ["state/store", "state/store", "other/*", "*"]}, defaults)
+        self.assertEqual(spec.tools, ("state/store", "other/*", "*"))
+
+    def test_shown_and_kept(self) -> None:
+        """
+        The agent view lists the tools, and an update of other fields
+        keeps them.
+        """
+        cell = self.deploy("caller", wat_module(testing_agent("silent.wat")), tools=["state/*"])
+        self.assertEqual(cell.view("n")["tools"], ["state/*"])
+        d = Deferred.fromCoroutine(self.agents.update("caller", None, dict(cell.spec.document, config={"a": 1})))
+        self.node.pump()
+        updated = self.successResultOf(d)
+        self.assertEqual((updated.spec.tools, updated.spec.config), (("state/*",), {"a": 1}))

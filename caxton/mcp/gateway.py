@@ -99,7 +99,7 @@ REASONS = frozenset(
 
 # Server names appear in receiver names and allowances, so they may not
 # hold "/" or "*".
-_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 
 # MCP (2025-11-25) recommends tool names of 1 to 128 letters, digits, "_",
 # "-" and "."; "/" is allowed too, since the receiver splits at the first
@@ -300,7 +300,7 @@ class ToolGateway:
             if not _SERVER_NAME.match(server.name):
                 raise ConfigError(
                     f"mcp server name {server.name!r} must be letters, digits, "
-                    "'_', '-' or '.' (at most 64)"
+                    "'_', '-' or '.' (at most 63)"
                 )
             if server.name in seen:
                 raise ConfigError(f"mcp server {server.name!r} is configured twice")

@@ -378,6 +378,22 @@ class Router:
         )
         if message.sender is None or message.sender == NODE:
             return
+        if message.sender.startswith(TOOL_PREFIX):
+            # A tool's answer that could not be delivered (too large for
+            # the agent that asked, say): the tool cannot take a failure,
+            # so the one who asked hears of it.
+            self._from_node(
+                "failure",
+                receiver,
+                {
+                    "reason": reason,
+                    "message": f"the answer of {message.sender} could not be delivered: {detail}",
+                    "message_id": message.message_id,
+                    "receiver": receiver,
+                },
+                about=message,
+            )
+            return
         self._from_node(
             "failure",
             message.sender,
