@@ -380,6 +380,14 @@ class RoundTripTests(StreamTestCase):
         self.assertIn("gone", str(e))
         e = await self.assertFailure(a.request("b", b.address, 99, b"", 5), RemoteError)
         self.assertIn("no handler", str(e))
+
+        def wordy(peer: str, payload: bytes) -> bytes:
+            raise ValueError("x" * 100_000)
+
+        b.register_handler(22, wordy)
+        e = await self.assertFailure(a.request("b", b.address, 22, b"", 5), RemoteError)
+        # A peer's words are cut before they reach logs and exceptions.
+        self.assertLessEqual(len(str(e)), 503)
         self.flushLoggedErrors(ValueError, KeyError)
         # The connection survived all that.
         self.assertEqual(await a.request("b", b.address, ECHO, b"ok", 5), b"a:ok")

@@ -326,6 +326,18 @@ def encode_frame(frame: Frame) -> bytes:
         raise ValueError(f"frame does not fit: {e}") from None
 
 
+#: The most of a peer's own words (refusals, errors) kept for logs and
+#: exceptions: they come from the network.
+_MAX_SAID = 500
+
+
+def _said(text: str) -> str:
+    """
+    A peer's message, cut to L{_MAX_SAID} characters.
+    """
+    return text if len(text) <= _MAX_SAID else text[:_MAX_SAID] + "..."
+
+
 def _text(data: bytes, what: str) -> str:
     try:
         return data.decode("utf-8")
@@ -891,7 +903,7 @@ class _StreamProtocol(Protocol):
             if isinstance(frame, Response):
                 d.callback(frame.payload)
             else:
-                d.errback(RemoteError(frame.message))
+                d.errback(RemoteError(_said(frame.message)))
             self._maybe_finish_retirement()
         elif isinstance(frame, Message):
             self._message_received(frame)
@@ -902,25 +914,26 @@ class _StreamProtocol(Protocol):
 
     def _refused_by_peer(self, frame: Refuse) -> None:
         self._streams._count_refusal("peer", frame.reason)
+        said = _said(frame.message)
         if self.state == _READY:
             log.info(
                 "{peer} closed the stream: {reason}: {message}",
                 peer=self.describe(),
                 reason=_reason_name(frame.reason),
-                message=frame.message,
+                message=said,
             )
             self.refusal = PeerConnectionLost(
-                f"{self.describe()} closed the stream: {frame.message}"
+                f"{self.describe()} closed the stream: {said}"
             )
         else:
             log.warn(
                 "{peer} refused the stream: {reason}: {message}",
                 peer=self.describe(),
                 reason=_reason_name(frame.reason),
-                message=frame.message,
+                message=said,
             )
             self.refusal = PeerRefused(
-                frame.reason, f"{self.describe()} refused the stream: {frame.message}"
+                frame.reason, f"{self.describe()} refused the stream: {said}"
             )
         self._close_with(None)
 
@@ -1027,6 +1040,9 @@ def _ssl_message(reason: Failure) -> str:
             return ", ".join(reasons)
     return reason.getErrorMessage() or reason.type.__name__
 
+
+#: Addresses whose back-off is remembered before expired ones are pruned.
+_MAX_BACKOFF_ENTRIES = 1024
 
 #: Inbound connections not yet identified (TLS and HELLO) held at once, in
 #: all and from one source address.
@@ -1579,7 +1595,13 @@ class NodeStreams(Service):
         failures = previous.failures + 1 if previous is not None else 1
         delay = min(self.backoff_initial * 2 ** (failures - 1), self.backoff_max)
         refused = isinstance(error, PeerUnreachable) and error.refused
-        self._backoff[addr] = _Backoff(failures, self.clock.seconds() + delay, str(error), refused)
+        now = self.clock.seconds()
+        self._backoff[addr] = _Backoff(failures, now + delay, str(error), refused)
+        if len(self._backoff) > _MAX_BACKOFF_ENTRIES:
+            # Addresses tried once and long since quiet (gone members,
+            # seeds that moved) are forgotten.
+            for old in [a for a, b in self._backoff.items() if now - b.until > self.backoff_max]:
+                del self._backoff[old]
 
     def _wait_for_node(self, node: str, d: Deferred) -> None:
         conn = self._peers.get(node)
