@@ -37,6 +37,9 @@ FAST = {
     "CAXTON_GOSSIP_GOSSIP_INTERVAL": "50ms",
     "CAXTON_GOSSIP_SUSPICION_MULT": "3",
     "CAXTON_GOSSIP_PUSH_PULL_INTERVAL": "2s",
+    # Dead and left members stay listed (before they are reaped) for longer
+    # than the slowest check here takes on a busy machine.
+    "CAXTON_GOSSIP_GOSSIP_TO_THE_DEAD_TIME": "5m",
 }
 
 #: The longest a cluster-wide change may take to be seen, in seconds.
