@@ -60,6 +60,7 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
     )
     tools = None
     if config["mcp.servers"]:
+        # Imported here: a node without MCP servers loads no MCP client.
         from caxton.mcp.gateway import McpServerConfig, ToolGateway
 
         tools = ToolGateway(

@@ -27,7 +27,7 @@ from caxton.agents.executor import InlineWorkers
 from caxton.agents.manager import AgentManager
 from caxton.agents.runtime import WasmRuntime
 from caxton.config import load
-from caxton.mcp.gateway import allowed, parse_receiver
+from caxton.mcp.names import allowed, parse_receiver
 from caxton.mcp.interfaces import IToolGateway, ToolFailure
 from caxton.router.router import Router
 from caxton.store.sqlite import SQLiteStore

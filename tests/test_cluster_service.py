@@ -12,6 +12,7 @@ from typing import Any, Dict, List
 
 import attr
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -117,9 +118,7 @@ class ConfigTests(SynchronousTestCase):
             self.assertNotIn("secret", str(failure.value))
 
 
-def _run(coroutine: Any) -> Any:
-    from twisted.internet.defer import Deferred
-
+def _run(coroutine: Any) -> Deferred:
     return Deferred.fromCoroutine(coroutine)
 
 

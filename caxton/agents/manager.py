@@ -40,7 +40,7 @@ from caxton.agents.runtime import (
     WasmRuntime,
 )
 from caxton.config import AgentDefaults, parse_count, parse_duration, parse_size
-from caxton.mcp.gateway import parse_allowance
+from caxton.mcp.names import parse_allowance
 from caxton.errors import (
     AgentAlreadyExists,
     AgentNotFound,

@@ -210,15 +210,23 @@ class Registry:
             **fields,
         )
         self._store(entry)
-        payload = encode_entries([entry])
-        if len(payload) <= MAX_BROADCAST:
-            self._broadcast(f"agent/{self.node_id}/{name}", payload)
-        else:
+        if not self._spread(entry):
             log.info(
                 "registry entry for {agent} is too big to broadcast; it spreads by push-pull",
                 agent=name,
             )
         return entry
+
+    def _spread(self, entry: Entry) -> bool:
+        """
+        Broadcast C{entry}, under a key per agent so newer news replaces
+        older in the queue; False if it is too big (push-pull carries it).
+        """
+        payload = encode_entries([entry])
+        if len(payload) > MAX_BROADCAST:
+            return False
+        self._broadcast(f"agent/{entry.node}/{entry.name}", payload)
+        return True
 
     def publish(self, name: str, version: int, status: str, capabilities: Iterable[str]) -> Entry:
         """
@@ -296,9 +304,7 @@ class Registry:
             self._store(entry)
             changed += 1
             if relay:
-                payload = encode_entries([entry])
-                if len(payload) <= MAX_BROADCAST:
-                    self._broadcast(f"agent/{entry.node}/{entry.name}", payload)
+                self._spread(entry)
         return changed
 
     def _own_news(self, entry: Entry) -> None:

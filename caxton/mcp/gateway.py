@@ -76,6 +76,15 @@ from caxton.mcp.client import (
     McpUnreachable,
 )
 from caxton.mcp.interfaces import IToolGateway, ToolFailure
+from caxton.mcp.names import (
+    RECEIVER_PREFIX,
+    allowed,
+    is_tool_receiver,
+    parse_allowance,
+    parse_receiver,
+    valid_server_name,
+    valid_tool_name,
+)
 
 __all__ = [
     "RECEIVER_PREFIX",
@@ -89,22 +98,10 @@ __all__ = [
     "tool_result_content",
 ]
 
-RECEIVER_PREFIX = "mcp:"
-"""Receiver names starting with this address MCP tools, not agents."""
-
 REASONS = frozenset(
     {"UNREACHABLE", "TIMEOUT", "TOOL_ERROR", "FORBIDDEN", "NOT_FOUND", "INVALID_MESSAGE"}
 )
 """The reasons a L{ToolFailure} from the gateway may give."""
-
-# Server names appear in receiver names and allowances, so they may not
-# hold "/" or "*".
-_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
-
-# MCP (2025-11-25) recommends tool names of 1 to 128 letters, digits, "_",
-# "-" and "."; "/" is allowed too, since the receiver splits at the first
-# "/" and some servers namespace their tools that way.
-_TOOL_NAME = re.compile(r"^[A-Za-z0-9_.\-/]{1,128}$")
 
 # How a server says a tool does not exist: the MCP specification's example
 # is JSON-RPC -32602 "Unknown tool: <name>"; the official SDK answers a
@@ -137,58 +134,6 @@ class McpServerConfig:
     name: str
     url: str
     token_file: Optional[str] = None
-
-
-def is_tool_receiver(name: str) -> bool:
-    """
-    Whether the receiver C{name} addresses an MCP tool rather than an agent.
-    """
-    return name.startswith(RECEIVER_PREFIX)
-
-
-def parse_receiver(name: str) -> Tuple[str, str]:
-    """
-    The server and tool a receiver C{mcp:<server>/<tool>} names.
-
-    @raise ToolFailure: (C{INVALID_MESSAGE}) if C{name} is not such a name.
-    """
-    if not name.startswith(RECEIVER_PREFIX):
-        raise ToolFailure("INVALID_MESSAGE", f"{name!r} is not an mcp:<server>/<tool> name")
-    server, slash, tool = name[len(RECEIVER_PREFIX) :].partition("/")
-    if not slash or not _SERVER_NAME.match(server) or not _TOOL_NAME.match(tool):
-        raise ToolFailure(
-            "INVALID_MESSAGE", f"{name!r} is not a valid mcp:<server>/<tool> name"
-        )
-    return server, tool
-
-
-def parse_allowance(text: str) -> str:
-    """
-    Check one deploy allowance: C{"<server>/<tool>"}, C{"<server>/*"} or
-    C{"*"}.
-
-    @return: C{text}, unchanged.
-    @raise ValueError: with the sentence to show, if it is none of these.
-    """
-    if text == "*":
-        return text
-    server, slash, tool = text.partition("/")
-    if slash and _SERVER_NAME.match(server) and (tool == "*" or _TOOL_NAME.match(tool)):
-        return text
-    raise ValueError(
-        f"{text!r} is not an MCP tool allowance (write server/tool, server/* or *)"
-    )
-
-
-def allowed(allowances: Sequence[str], server: str, tool: str) -> bool:
-    """
-    Whether a deploy's C{allowances} let its agent call C{tool} on
-    C{server}: an allowance is C{"<server>/<tool>"}, C{"<server>/*"} (all
-    of that server's tools) or C{"*"} (every tool of every server).
-    """
-    exact = f"{server}/{tool}"
-    every = f"{server}/*"
-    return any(a == "*" or a == every or a == exact for a in allowances)
 
 
 def tool_result_content(result: Any) -> Any:
@@ -297,7 +242,7 @@ class ToolGateway:
         """
         seen = set()
         for server in servers:
-            if not _SERVER_NAME.match(server.name):
+            if not valid_server_name(server.name):
                 raise ConfigError(
                     f"mcp server name {server.name!r} must be letters, digits, "
                     "'_', '-' or '.' (at most 63)"
@@ -400,7 +345,7 @@ class ToolGateway:
         client = self._clients.get(server)
         if client is None:
             return fail(ToolFailure("NOT_FOUND", f"no MCP server named {server!r} is configured"))
-        if not _TOOL_NAME.match(tool):
+        if not valid_tool_name(tool):
             return fail(ToolFailure("INVALID_MESSAGE", f"{tool!r} is not a valid tool name"))
         if arguments is None:
             arguments = {}

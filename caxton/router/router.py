@@ -41,6 +41,7 @@ from caxton.acl.protocols import ConversationTracker
 from caxton.agents.manager import AgentManager, IMessageSink
 from caxton.errors import CaxtonError, NotAccepting
 from caxton.mcp.interfaces import IToolGateway, ToolFailure
+from caxton.mcp.names import RECEIVER_PREFIX
 from caxton.store.interfaces import ConversationRecord, IStateStore
 
 log = Logger()
@@ -52,7 +53,7 @@ NODE = "caxton"
 CLIENT_PREFIX = "client:"
 
 #: Names that start with this are MCP tools, C{mcp:<server>/<tool>}.
-TOOL_PREFIX = "mcp:"
+TOOL_PREFIX = RECEIVER_PREFIX
 
 #: Conversation summaries kept in memory for recording.
 _SUMMARIES = 10_000
