@@ -177,6 +177,11 @@ class LoopbackTests(TestCase):
         await until(lambda: [a["name"] for a in first.remote_agents()] == ["agent-n2"], "n2's agent on n1")
         await until(lambda: [a["name"] for a in second.remote_agents()] == ["agent-n1"], "n1's agent on n2")
         self.assertEqual(first.status()["encrypted"], True)
+        # A seed list naming only this node means it starts the cluster.
+        assert first.address is not None
+        self.assertTrue(first._is_me((first.address.host, first.address.port)))
+        self.assertFalse(first._is_me((first.address.host, first.address.port + 1)))
+        self.assertFalse(first._is_me(("localhost", first.address.port)))
         self.assertEqual(first.gossip_health()["peer_count"], 1)
         counters = first.status()["counters"]
         self.assertGreater(counters["udp"]["packets_out"], 0)

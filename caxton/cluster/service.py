@@ -363,9 +363,7 @@ class ClusterService(Service):
         """
         if self.membership is not None and not self.membership.left:
             await self.leave_gracefully()
-        self._join_token = None
-        if self._joining is not None:
-            self._joining.cancel()
+        self._stop_joining()
         self._lag.stop()
         if self._sweep.running:
             self._sweep.stop()
@@ -388,9 +386,7 @@ class ClusterService(Service):
         """
         if self.membership is None or self.membership.left:
             return
-        self._join_token = None
-        if self._joining is not None:
-            self._joining.cancel()
+        self._stop_joining()
         log.info("node {node_id} leaving the cluster", node_id=self.node_id)
         await self.membership.leave(LEAVE_TIMEOUT)
 
@@ -453,6 +449,13 @@ class ClusterService(Service):
         self._joining = Deferred.fromCoroutine(go())
         # Cancelled by a leave or a stop; nothing else can fail in it.
         self._joining.addErrback(lambda f: f.trap(CancelledError))
+
+    def _stop_joining(self) -> None:
+        # The token ends the loop even where a cancellation is swallowed
+        # (a push-pull turns it into "not reached"); the cancel ends a wait.
+        self._join_token = None
+        if self._joining is not None:
+            self._joining.cancel()
 
     def _is_me(self, seed: Tuple[str, int]) -> bool:
         host, port = seed
