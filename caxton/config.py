@@ -325,6 +325,11 @@ KEYS: Tuple[Key, ...] = (
     Key("gossip.reconnect_interval", parse_duration, None),
     Key("gossip.reconnect_timeout", parse_duration_or_zero, None),
     Key("gossip.max_packet", parse_size, None),
+    # Messages between nodes and partitions (SPEC 5.4, docs/cluster.md).
+    Key("cluster.queue_ttl", parse_duration, 3600.0),
+    Key("cluster.max_queue", parse_count, 10_000),
+    Key("cluster.lookup_timeout", parse_duration, 1.0),
+    Key("cluster.bootstrap_expect", parse_count_or_zero, 0),
     # MCP servers agents may use (SPEC 8, docs/tools.md).
     Key("mcp.servers", _mcp_servers, ()),
     Key("mcp.timeout", parse_duration, 30.0),

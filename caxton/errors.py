@@ -104,3 +104,13 @@ class Unreachable(CaxtonError):
 
     code = "UNREACHABLE"
     status = 503
+
+
+class Partitioned(CaxtonError):
+    """
+    This node is not on the majority side of a partition, so it makes no
+    change that the other side could contradict (SPEC 5.4).
+    """
+
+    code = "PARTITIONED"
+    status = 503

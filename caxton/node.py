@@ -75,7 +75,7 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
         # Imported here: a node that runs alone loads no cluster code.
         from caxton.cluster.service import ClusterService
 
-        cluster = ClusterService(reactor, config, agents)
+        cluster = ClusterService(reactor, config, agents, store, router)
     api = CaxtonAPI(
         reactor,
         agents,
@@ -91,6 +91,10 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
 
     StoreService(store).setServiceParent(root)
     RuntimeService(runtime, workers).setServiceParent(root)
+    if cluster is not None and cluster.courier is not None:
+        # Before the agents: what the delivery journal hands back at start
+        # may be bound for other nodes.
+        cluster.courier.setServiceParent(root)
     agents.setServiceParent(root)
     if tools is not None:
         ToolsService(tools).setServiceParent(root)

@@ -34,7 +34,6 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
-from caxton.acl.message import encode_message
 from caxton.agents.executor import IWorkers
 from caxton.agents.manager import AgentManager
 from caxton.agents.runtime import WasmRuntime
@@ -162,14 +161,19 @@ class CaxtonService(MultiService):
 
     async def _redeliver(self, agents: AgentManager) -> None:
         """
-        Hand back the messages that were still queued at the last shutdown.
+        Hand back the messages that were waiting for agents when the node
+        last stopped, gracefully or not: those in the delivery journal
+        (and any a Caxton before the journal kept at its shutdown).
         """
         store = self._child("store").store
-        waiting = await store.take_pending()
-        for name, message in waiting:
+        kept = await store.take_pending()
+        for name, message in kept:
             self.router.redeliver(name, message)
-        if waiting:
-            log.info("redelivered {count} queued messages", count=len(waiting))
+        journal = await store.load_journal()
+        for name, message in journal:
+            self.router.redeliver(name, message, journaled=True)
+        if kept or journal:
+            log.info("redelivered {count} queued messages", count=len(kept) + len(journal))
 
     def _start_failed(self, failure: Any) -> None:
         """
@@ -221,10 +225,9 @@ class CaxtonService(MultiService):
                 await listener.stopService()
         self.router.stop()
         agents = self._child("agents")
-        store = self._child("store").store
         left = await agents.drain(self.grace)
         if left:
-            store.save_pending([(name, encode_message(m)) for name, m in left])
+            # They are in the delivery journal, which the next start reads.
             log.info("kept {count} queued messages for the next start", count=len(left))
         for child in reversed(children):
             if child in api:

@@ -31,6 +31,7 @@ class FakeCluster:
         self.joined: List[Sequence[Tuple[str, int]]] = []
         self.left = 0
         self.reachable = True
+        self.mode = "majority"
 
     def members(self) -> List[Dict[str, Any]]:
         return [
@@ -43,6 +44,12 @@ class FakeCluster:
 
     def gossip_health(self) -> Dict[str, Any]:
         return {"status": "healthy", "peer_count": 1, "last_sync": None, "agent_count": 2, "partition": "majority"}
+
+    def partition(self) -> str:
+        return self.mode
+
+    def hosting(self, name: str) -> Optional[str]:
+        return "n2" if name == "remote-echo" else None
 
     def remote_agents(self, node: Optional[str] = None) -> List[Dict[str, Any]]:
         views = [{"name": "remote-echo", "node": "n2", "version": 4, "status": "running",
@@ -163,6 +170,39 @@ class ClusterRouteTests(APITestCase):
         code, second = self.call("GET", f"/api/v1/agents?limit=2&cursor={first['next_cursor']}")
         self.assertEqual([a["name"] for a in first["agents"] + second["agents"]], ["echo", "remote-echo", "zulu"])
         self.assertIsNone(second["next_cursor"])
+
+    def test_partitioned(self) -> None:
+        """
+        Outside the majority, deploys, updates and removals are refused
+        with 503 PARTITIONED; reads and messages go on.
+        """
+        self.deploy_echo("echo")
+        for mode in ("minority", "isolated"):
+            self.cluster.mode = mode
+            code, body = self.call("POST", "/api/v1/agents", {"name": "other", "wasm": "AGFzbQEAAAA="})
+            self.assertEqual((code, body["error"]["code"]), (503, "PARTITIONED"))
+            self.assertIn(mode, body["error"]["message"])
+            code, body = self.call("PUT", "/api/v1/agents/echo", {"config": {"a": 1}})
+            self.assertEqual((code, body["error"]["code"]), (503, "PARTITIONED"))
+            code, body = self.call("DELETE", "/api/v1/agents/echo")
+            self.assertEqual((code, body["error"]["code"]), (503, "PARTITIONED"))
+            code, body = self.call("GET", "/api/v1/agents/echo")
+            self.assertEqual(code, 200)
+            code, body = self.call("POST", "/api/v1/messages",
+                                   {"performative": "inform", "sender": "client:a", "receiver": "echo"})
+            self.assertEqual(code, 202)
+        self.cluster.mode = "majority"
+        code, _ = self.call("DELETE", "/api/v1/agents/echo")
+        self.assertEqual(code, 204)
+
+    def test_name_taken_elsewhere(self) -> None:
+        """
+        A name another node hosts cannot be deployed here: names are unique
+        in the cluster.
+        """
+        code, body = self.call("POST", "/api/v1/agents", {"name": "remote-echo", "wasm": "AGFzbQEAAAA="})
+        self.assertEqual((code, body["error"]["code"]), (409, "AGENT_ALREADY_EXISTS"))
+        self.assertIn("n2", body["error"]["message"])
 
     def test_show_remote_agent(self) -> None:
         """

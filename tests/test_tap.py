@@ -93,7 +93,7 @@ class PluginTests(SynchronousTestCase):
         service = build_node(config, MemoryReactorClock())
         self.assertEqual(
             [child.name for child in service],
-            ["store", "runtime", "agents", "cluster", "retention", "api-0"],
+            ["store", "runtime", "courier", "agents", "cluster", "retention", "api-0"],
         )
         self.assertEqual(service.getServiceNamed("cluster").swim_config.probe_interval, 5.0)
 

@@ -100,6 +100,11 @@ class IMessageSink(Interface):
         C{message} could not be handled by C{receiver}.
         """
 
+    def message_handled(agent: str, message: ACLMessage) -> None:
+        """
+        C{agent}'s handler ran on C{message}; told after what it sent.
+        """
+
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class AgentSpec:
@@ -569,6 +574,8 @@ class AgentManager(Service):
                 continue
             if outcome.ok:
                 cell.handled += 1
+                if sink is not None:
+                    sink.message_handled(cell.name, message)
                 continue
             cell.failed += 1
             cell.last_error = outcome.detail

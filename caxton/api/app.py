@@ -31,7 +31,14 @@ from caxton.cluster.interfaces import ICluster
 from caxton.cluster.standalone import Standalone
 from caxton.config import parse_duration, parse_host_port
 from caxton.mcp.interfaces import IToolGateway
-from caxton.errors import AgentNotFound, CaxtonError, ConversationNotFound, InvalidRequest
+from caxton.errors import (
+    AgentAlreadyExists,
+    AgentNotFound,
+    CaxtonError,
+    ConversationNotFound,
+    InvalidRequest,
+    Partitioned,
+)
 from caxton.router.router import CLIENT_PREFIX, Router, new_id
 from caxton.store.interfaces import IStateStore, StoredMessage
 
@@ -372,13 +379,31 @@ class CaxtonAPI:
             raise InvalidRequest("wasm is required: the module's bytes in base64")
         return wasm, body
 
+    def _may_change(self) -> None:
+        """
+        Deploys, updates and removals happen only on the majority side of
+        a partition (SPEC 5.4).
+
+        @raise Partitioned: on a minority side, or alone.
+        """
+        mode = self._cluster.partition()
+        if mode != "majority":
+            raise Partitioned(
+                f"this node is in the {mode} side of a partition: deploys, updates and "
+                "removals wait until it reaches a majority of the cluster again"
+            )
+
     @app.route("/api/v1/agents", methods=["POST"])
     async def deploy(self, request: Any) -> bytes:
         """
         Deploy an agent (JSON with base64, or multipart); 201 with its view.
         """
+        self._may_change()
         wasm, spec = await self._deploy_parts(request, require_wasm=True)
         name = spec.pop("name", None)
+        elsewhere = self._cluster.hosting(name) if isinstance(name, str) else None
+        if elsewhere is not None:
+            raise AgentAlreadyExists(f"an agent named {name!r} already runs on node {elsewhere}")
         cell = await _detached(self._agents.deploy(name, wasm, spec))
         request.setHeader("location", f"/api/v1/agents/{cell.name}")
         return self._json(request, cell.view(self._agents.node_id), 201)
@@ -446,6 +471,7 @@ class CaxtonAPI:
         A new module and/or spec fields; the version goes up by one.
         """
         cell = self._cell(name)
+        self._may_change()
         wasm, given = await self._deploy_parts(request, require_wasm=False)
         given.pop("name", None)
         spec = None
@@ -462,6 +488,8 @@ class CaxtonAPI:
         """
         Remove an agent; 204.
         """
+        self._cell(name)
+        self._may_change()
         await _detached(self._agents.remove(name))
         request.setResponseCode(204)
         return b""
@@ -486,9 +514,11 @@ class CaxtonAPI:
     async def invoke(self, request: Any, name: str) -> bytes:
         """
         Send a C{request} and answer with the reply, or the node's
-        C{failure} C{TIMEOUT} once the timeout passes.
+        C{failure} C{TIMEOUT} once the timeout passes.  The agent may run
+        on another node.
         """
-        self._cell(name)
+        if self._cluster.hosting(name) is None:
+            self._cell(name)
         body = self._body(request, InvalidMessage)
         if not isinstance(body, dict):
             raise InvalidMessage("the request body must be a JSON object")
@@ -539,12 +569,15 @@ class CaxtonAPI:
     # Messages and conversations -------------------------------------------------------
 
     @app.route("/api/v1/messages", methods=["POST"])
-    def send_message(self, request: Any) -> bytes:
+    async def send_message(self, request: Any) -> bytes:
         """
         Accept a message from a client; 202 with its ids.
         """
         message = parse_message(self._body(request, InvalidMessage))
         accepted = self._router.send(message)
+        # 202 once the message is on disk (the journal, or the outbox for
+        # another node): a crash after this answer loses nothing.
+        await self._store.sync()
         return self._json(
             request,
             {"message_id": accepted.message_id, "conversation_id": accepted.conversation_id},

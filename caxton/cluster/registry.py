@@ -29,7 +29,7 @@ L{IMembershipListener} for the SWIM core.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 import attr
 from twisted.logger import Logger
@@ -141,6 +141,16 @@ class Entry:
         )
 
 
+def winner(entries: Iterable[Entry]) -> Entry:
+    """
+    The one of several live entries for one name that messages go to
+    (two nodes host an agent of that name after a partition healed): the
+    one whose node id sorts first.  Every node applies the same rule to
+    the same entries, so all send to the same agent.
+    """
+    return min(entries, key=lambda e: e.node)
+
+
 def encode_entries(entries: Iterable[Entry]) -> bytes:
     """
     Entries as the bytes of a broadcast or a push-pull state.
@@ -192,9 +202,15 @@ class Registry:
         self._tombstone_ttl = tombstone_ttl
         self._seq = 0
         self._entries: Dict[Tuple[str, str], Entry] = {}
+        # The nodes with an entry for each name: routing looks names up on
+        # every message for another node.
+        self._nodes_of: Dict[str, Set[str]] = {}
         # Members known dead or left, and since when: their entries are
         # withdrawn, and forgotten after the tombstone TTL.
         self._gone: Dict[str, float] = {}
+        # Of those, the members that failed rather than left: their agents
+        # are expected back, and messages for them wait.
+        self._failed: Set[str] = set()
         self.observers: List[Callable[[Entry], None]] = []
 
     # This node's agents ---------------------------------------------------------
@@ -257,9 +273,28 @@ class Registry:
     def lookup(self, name: str) -> List[Entry]:
         """
         The live entries for agent C{name} (more than one if two nodes host
-        an agent of that name).
+        an agent of that name), by node.
         """
-        return [e for e in self.entries() if e.name == name]
+        found = []
+        for node in sorted(self._nodes_of.get(name, ())):
+            entry = self._entries[(node, name)]
+            if not entry.removed and node not in self._gone:
+                found.append(entry)
+        return found
+
+    def home(self, name: str) -> Optional[str]:
+        """
+        Where messages for agent C{name} go: the node hosting it (by
+        L{winner} when two do), or, when its node failed (not left), that
+        node, where messages wait for it to come back; else C{None}.
+        """
+        live = self.lookup(name)
+        if live:
+            return winner(live).node
+        for node in sorted(self._nodes_of.get(name, ())):
+            if node in self._failed and not self._entries[(node, name)].removed:
+                return node
+        return None
 
     def offering(self, capability: str) -> List[Entry]:
         """
@@ -277,6 +312,7 @@ class Registry:
 
     def _store(self, entry: Entry) -> None:
         self._entries[entry.key] = entry
+        self._nodes_of.setdefault(entry.name, set()).add(entry.node)
         for observer in self.observers:
             observer(entry)
 
@@ -339,8 +375,15 @@ class Registry:
         ]
         for key in old:
             del self._entries[key]
+            node, name = key
+            nodes = self._nodes_of.get(name)
+            if nodes is not None:
+                nodes.discard(node)
+                if not nodes:
+                    del self._nodes_of[name]
         for node in forgotten:
             del self._gone[node]
+            self._failed.discard(node)
         return len(old)
 
     # IMembershipDelegate -----------------------------------------------------------
@@ -383,6 +426,7 @@ class Registry:
         A member (re)appeared: its entries count again.
         """
         self._gone.pop(member.node, None)
+        self._failed.discard(member.node)
 
     def member_updated(self, member: Any) -> None:
         """
@@ -399,17 +443,22 @@ class Registry:
         A refuted suspicion changes nothing.
         """
         self._gone.pop(member.node, None)
+        self._failed.discard(member.node)
 
     def member_failed(self, member: Any) -> None:
         """
-        A dead member's agents are withdrawn.
+        A dead member's agents are withdrawn (and remembered as its, for
+        messages that wait for it).
         """
+        if member.node != self.node_id:
+            self._failed.add(member.node)
         self._withdraw_member(member.node, "failed")
 
     def member_left(self, member: Any) -> None:
         """
         A member that left takes its agents with it.
         """
+        self._failed.discard(member.node)
         self._withdraw_member(member.node, "left")
 
     def _withdraw_member(self, node: str, why: str) -> None:

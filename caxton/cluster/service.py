@@ -37,6 +37,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from caxton.cluster.courier import Courier
 from caxton.cluster.interfaces import ICluster
 from caxton.cluster.pki import NodeTLS
 from caxton.cluster.registry import Registry
@@ -159,11 +160,17 @@ class ClusterService(Service):
     @param config: the node's configuration (C{bind}, C{tls_dir},
         C{gossip.*}).
     @param agents: the node's agent manager, whose agents are published.
+    @param store: the node's store, for the outbox (with C{router}).
+    @param router: the node's router: messages for other nodes come from
+        it and arrive through it.  Without both, the node takes part in
+        membership and the registry but routes no messages.
     """
 
     name = "cluster"
 
-    def __init__(self, reactor: Any, config: Config, agents: Any) -> None:
+    def __init__(
+        self, reactor: Any, config: Config, agents: Any, store: Any = None, router: Any = None
+    ) -> None:
         self._reactor = reactor
         self._agents = agents
         self.node_id: str = config["node_id"]
@@ -213,7 +220,21 @@ class ClusterService(Service):
         self._join_token: Optional[object] = None
         self._key_watcher: Optional[KeyFileWatcher] = None
         self._largest = 1
+        self._expect: int = config["cluster.bootstrap_expect"]
         self.last_sync: Optional[float] = None
+        self.courier: Optional[Courier] = None
+        if store is not None and router is not None:
+            self.courier = Courier(
+                reactor,
+                self,
+                store,
+                router,
+                agents,
+                queue_ttl=config["cluster.queue_ttl"],
+                max_queue=config["cluster.max_queue"],
+                lookup_timeout=config["cluster.lookup_timeout"],
+            )
+            router.remote = self.courier
 
     # Start and stop -------------------------------------------------------------
 
@@ -255,6 +276,8 @@ class ClusterService(Service):
         advertise = self._advertise or (host, port)
         self.address = Address(advertise[0], advertise[1] or port)
         self._start_membership()
+        if self.courier is not None:
+            self.courier.start_sending()
         self._lag.start()
         self._sweep.start(TOMBSTONE_SWEEP_INTERVAL, now=False)
         log.info(
@@ -290,6 +313,8 @@ class ClusterService(Service):
                 connect_timeout=self.swim_config.tcp_timeout,
             )
             self.streams.register_handler(Kind.PUSH_PULL, self._push_pull_received)
+            if self.courier is not None:
+                self.courier.register(self.streams)
             self.streams.on_peer_lost = self._peer_lost
             try:
                 await self.streams.open()
@@ -332,6 +357,8 @@ class ClusterService(Service):
         )
         self.membership.add_listener(self.registry)
         self.membership.add_listener(self)
+        if self.courier is not None:
+            self.courier.attach(self.registry)
         self._largest = 1
         self.membership.start()
         for cell in self._agents:
@@ -364,6 +391,8 @@ class ClusterService(Service):
         if self.membership is not None and not self.membership.left:
             await self.leave_gracefully()
         self._stop_joining()
+        if self.courier is not None:
+            self.courier.stop_sending()
         self._lag.stop()
         if self._sweep.running:
             self._sweep.stop()
@@ -527,6 +556,8 @@ class ClusterService(Service):
     def _peer_lost(self, node: str) -> None:
         if self.membership is not None:
             self.membership.probe_soon(node)
+        if self.courier is not None:
+            self.courier.peer_lost(node)
 
     def _lagged(self, lag: float) -> None:
         if self.membership is not None:
@@ -551,22 +582,35 @@ class ClusterService(Service):
     def member_joined(self, member: Member) -> None:
         counts = self._counts()
         self._largest = max(self._largest, counts["alive"] + counts["suspect"] + counts["dead"])
+        self._reachable(member)
 
     def member_updated(self, member: Member) -> None:
-        pass
+        self._reachable(member)
 
     def member_suspected(self, member: Member) -> None:
         pass
 
     def member_alive(self, member: Member) -> None:
-        pass
+        self._reachable(member)
 
     def member_failed(self, member: Member) -> None:
-        pass
+        if self.courier is not None:
+            self.courier.members_changed()
 
     def member_left(self, member: Member) -> None:
         # A member that left on purpose is no longer expected.
         self._largest = max(1, self._largest - 1)
+        if self.courier is not None:
+            self.courier.members_changed()
+
+    def _reachable(self, member: Member) -> None:
+        """
+        C{member} is alive (again, or somewhere new): messages waiting for
+        it go now.
+        """
+        if self.courier is not None and member.node != self.node_id:
+            self.courier.member_reachable(member.node)
+            self.courier.members_changed()
 
     # ICluster --------------------------------------------------------------------
 
@@ -590,7 +634,7 @@ class ClusterService(Service):
             return "isolated"
         counts = self._counts()
         reachable = counts["alive"] + counts["suspect"]
-        expected = max(self._largest, reachable)
+        expected = max(self._largest, reachable, self._expect)
         if reachable * 2 > expected:
             return "majority"
         if reachable <= 1:
@@ -631,7 +675,8 @@ class ClusterService(Service):
             "partition": self.partition(),
             "left": bool(membership and membership.left),
             "members": self._counts(),
-            "expected": max(self._largest, 1),
+            "expected": max(self._largest, self._expect, 1),
+            "queues": self.courier.queues() if self.courier else {},
             "local_health": membership.local_health if membership else 0,
             "incarnation": membership.incarnation if membership else 0,
             "agents": self.registry.count() if self.registry else 0,
@@ -640,6 +685,7 @@ class ClusterService(Service):
             "counters": {
                 "swim": membership.stats.as_dict() if membership else {},
                 "udp": self.udp.stats.as_dict() if self.udp else {},
+                "messages": dict(self.courier.counters) if self.courier else {},
             },
         }
 
@@ -658,6 +704,12 @@ class ClusterService(Service):
             "partition": partition,
             "local_health": health,
         }
+
+    def hosting(self, name: str) -> Optional[str]:
+        if self.registry is None:
+            return None
+        others = [e.node for e in self.registry.lookup(name) if e.node != self.node_id]
+        return others[0] if others else None
 
     def remote_agents(self, node: Optional[str] = None) -> List[Dict[str, Any]]:
         if self.registry is None:

@@ -63,6 +63,12 @@ class Standalone:
             "partition": "majority",
         }
 
+    def partition(self) -> str:
+        return "majority"
+
+    def hosting(self, name: str) -> Optional[str]:
+        return None
+
     def remote_agents(self, node: Optional[str] = None) -> List[Dict[str, Any]]:
         return []
 

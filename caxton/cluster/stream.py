@@ -179,6 +179,14 @@ class Kind(enum.IntEnum):
     PING = 1
     #: SWIM's full state exchange; the handler is registered by the node.
     PUSH_PULL = 2
+    #: A batch of ACL messages for agents or clients on the receiving node
+    #: (one-way; L{caxton.cluster.courier}).
+    FORWARD = 3
+    #: The receiving node took in a sender's messages up to a sequence
+    #: number (one-way).
+    ACK = 4
+    #: Does the receiving node host this agent? (request)
+    LOOKUP = 5
 
 
 class RefuseReason(enum.IntEnum):

@@ -39,6 +39,7 @@ from caxton.acl.message import (
 )
 from caxton.acl.protocols import ConversationTracker
 from caxton.agents.manager import AgentManager, IMessageSink
+from caxton.cluster.interfaces import IRemoteRoutes
 from caxton.errors import CaxtonError, NotAccepting
 from caxton.mcp.interfaces import IToolGateway, ToolFailure
 from caxton.mcp.names import RECEIVER_PREFIX
@@ -113,6 +114,9 @@ class Router:
     @param store: where conversations, mailboxes and dead letters go.
     @param tools: the MCP tool gateway, for receivers C{mcp:<server>/<tool>}
         (none: such messages fail with C{NOT_FOUND}).
+
+    @ivar remote: the cluster's routes to other nodes, set when the node
+        is clustered; without it every name is local.
     """
 
     def __init__(
@@ -136,6 +140,8 @@ class Router:
         self._replies = _Waiters()
         self.counters: Counter = Counter()
         self.accepting = True
+        self.remote: Optional[IRemoteRoutes] = None
+        self._remote_turns: Counter = Counter()
         agents.sink = self
 
     # Entry points -----------------------------------------------------------
@@ -193,20 +199,58 @@ class Router:
         """
         Tell the sender of C{message} it failed at C{receiver}, and record it.
         """
+        if message.message_id is not None:
+            self._store.journal_done(receiver, message.message_id)
         self._fail(message, receiver, reason, detail)
 
-    def redeliver(self, name: str, body: Dict[str, Any]) -> None:
+    def message_handled(self, agent: str, message: ACLMessage) -> None:
+        """
+        Agent C{agent}'s handler has run on C{message}: it leaves the
+        journal, after whatever the handler sent.
+        """
+        if message.message_id is not None:
+            self._store.journal_done(agent, message.message_id)
+
+    def redeliver(self, name: str, body: Dict[str, Any], journaled: bool = False) -> None:
         """
         Queue again, under its own ids, a message that was accepted and
         queued for agent C{name} before the node last stopped.
+
+        @param journaled: it comes from the delivery journal, where it
+            already is (and stays until handled).
         """
         try:
             message = parse_message(body)
         except InvalidMessage as e:
             log.warn("dropping unreadable kept message for {agent}: {error}", agent=name, error=str(e))
+            if journaled and isinstance(body.get("message_id"), str):
+                self._store.journal_done(name, body["message_id"])
             return
         body = message_to_dict(message)
-        self._deliver(message, encode_body(body), name, body)
+        self._deliver(message, encode_body(body), name, body, journaled=journaled)
+
+    def arrived(self, receiver: str, body: Dict[str, Any]) -> None:
+        """
+        Take in a message another node forwarded for C{receiver} here: it
+        is judged by this node's protocol tracker too (replies to
+        conversations begun here end them), recorded, and delivered.
+
+        @raise InvalidMessage: if C{body} is not a message.
+        """
+        message = parse_message(body)
+        if message.message_id is None or message.conversation_id is None:
+            raise InvalidMessage("a forwarded message carries its ids")
+        self.counters["arrived"] += 1
+        receivers = (receiver,)
+        if message.sender != NODE:
+            verdict = self._tracker.observe(message, receivers, self._reactor.seconds())
+            self._schedule_deadline()
+            if verdict.kind != "accept":
+                self._record(message, receivers, body)
+                self._protocol_refusal(message, verdict.kind, verdict.reason)
+                return
+        self._record(message, receivers, body)
+        self._deliver(message, encode_body(body), receiver, body)
 
     # Routing -----------------------------------------------------------------
 
@@ -218,17 +262,39 @@ class Router:
 
     def _resolve(self, message: ACLMessage) -> Tuple[Tuple[str, ...], Optional[str]]:
         """
-        The receivers' names, and the capability asked for when none offers it.
+        The receivers' names, and the capability asked for when none offers
+        it.  A capability is served by this node's agents first, then by
+        those of other nodes (SPEC 5.2).
         """
         receiver = message.receiver
         if isinstance(receiver, CapabilityReceiver):
+            capability = receiver.capability
             if receiver.all:
-                names = tuple(c.name for c in self._agents.offering(receiver.capability))
+                names = [c.name for c in self._agents.offering(capability)]
+                if self.remote is not None:
+                    names.extend(n for n, _ in self.remote.offering(capability) if n not in names)
+                found = tuple(names)
             else:
-                chosen = self._agents.choose(receiver.capability)
-                names = (chosen.name,) if chosen is not None else ()
-            return names, (None if names else receiver.capability)
+                chosen = self._agents.choose(capability)
+                if chosen is not None:
+                    found = (chosen.name,)
+                else:
+                    found = self._choose_remote(capability)
+            return found, (None if found else capability)
         return receiver or (), None
+
+    def _choose_remote(self, capability: str) -> Tuple[str, ...]:
+        """
+        One agent of another node offering C{capability}, taking turns.
+        """
+        if self.remote is None:
+            return ()
+        offered = sorted(set(n for n, _ in self.remote.offering(capability)))
+        if not offered:
+            return ()
+        turn = self._remote_turns[capability]
+        self._remote_turns[capability] = turn + 1
+        return (offered[turn % len(offered)],)
 
     def _route(self, message: ACLMessage) -> None:
         self.counters["routed"] += 1
@@ -254,7 +320,9 @@ class Router:
         for name in receivers:
             self._deliver(message, raw, name, body)
 
-    def _deliver(self, message: ACLMessage, raw: bytes, name: str, body: Dict[str, Any]) -> None:
+    def _deliver(
+        self, message: ACLMessage, raw: bytes, name: str, body: Dict[str, Any], journaled: bool = False
+    ) -> None:
         if name == NODE:
             # Answers to the node's own messages (an agent replying to a
             # failure, say) end here: recorded in the conversation, and
@@ -264,19 +332,92 @@ class Router:
         if name.startswith(TOOL_PREFIX):
             self._call_tool(message, name)
             return
+        remote = self.remote
         if name.startswith(CLIENT_PREFIX):
+            home = remote.client_home(name, message.conversation_id) if remote is not None else None
+            if home is not None:
+                self._forward(home, message, raw, name)
+                return
             self._store.record_mailbox(name, body)
             self._mailbox_waiters.fire(name)
             if message.performative != "agree":
                 self._replies.fire((name, message.conversation_id), message)
             self.counters["delivered"] += 1
             return
+        if remote is not None:
+            if self._agents.get(name) is None:
+                self._deliver_remote(message, raw, name, journaled)
+                return
+            elsewhere = remote.shadowed(name)
+            if elsewhere is not None:
+                if journaled:
+                    self._store.journal_done(name, message.message_id)
+                self._forward(elsewhere, message, raw, name)
+                return
         try:
             self._agents.deliver(name, message, raw)
         except CaxtonError as e:
+            if journaled:
+                self._store.journal_done(name, message.message_id)
             self._fail(message, name, e.code, str(e))
         else:
+            if not journaled:
+                self._store.journal_add(name, message.message_id, raw)
             self.counters["delivered"] += 1
+
+    # Other nodes (SPEC 5.2) ---------------------------------------------------
+
+    def _deliver_remote(self, message: ACLMessage, raw: bytes, name: str, journaled: bool) -> None:
+        """
+        Send a message for an agent that is not here to the node the
+        registry names, or ask the cluster; C{AGENT_NOT_FOUND} when no node
+        hosts it.
+        """
+        remote = self.remote
+        assert remote is not None
+        if journaled:
+            # Kept for an agent that is no longer here: it goes on from
+            # the outbox now.
+            self._store.journal_done(name, message.message_id)
+        node = remote.locate(name)
+        if node is not None:
+            self._forward(node, message, raw, name)
+            return
+        self.counters["lookups"] += 1
+        asked = remote.ask(name)
+        asked.addCallback(self._looked_up, message, raw, name)
+        asked.addErrback(
+            lambda failure: (
+                log.failure("looking up agent {agent}", failure, agent=name),
+                self._fail(message, name, "AGENT_NOT_FOUND", f"no agent named {name!r}"),
+            )
+        )
+
+    def _looked_up(self, node: Optional[str], message: ACLMessage, raw: bytes, name: str) -> None:
+        if node is None:
+            self._fail(message, name, "AGENT_NOT_FOUND", f"no agent named {name!r} in the cluster")
+            return
+        self._forward(node, message, raw, name)
+
+    def _forward(self, node: str, message: ACLMessage, raw: bytes, name: str) -> None:
+        assert self.remote is not None
+        try:
+            self.remote.forward(node, name, message, raw)
+        except CaxtonError as e:
+            self._fail(message, name, e.code, str(e))
+        else:
+            self.counters["forwarded"] += 1
+
+    def _here(self, name: str) -> bool:
+        """
+        Whether C{name} sends from this node: one of its agents, or an API
+        client that did not come through another node.
+        """
+        if self.remote is None:
+            return True
+        if name.startswith(CLIENT_PREFIX):
+            return self.remote.client_home(name, None) is None
+        return self._agents.get(name) is not None
 
     # MCP tools (SPEC 8) ------------------------------------------------------
 
@@ -472,6 +613,9 @@ class Router:
     def _deadline_passed(self) -> None:
         self._deadline, self._deadline_at = None, None
         for timeout in self._tracker.expire(self._reactor.seconds()):
+            if not self._here(timeout.initiator):
+                # Its own node keeps the deadline too and tells it.
+                continue
             initiating = timeout.initiating
             missing = list(timeout.missing)
             self.counters["timeouts"] += 1

@@ -199,6 +199,72 @@ class IStateStore(Interface):
         order kept, removing them from the store.
         """
 
+    def together() -> Any:
+        """
+        A context manager: records made inside are written in one
+        transaction.
+        """
+
+    def sync() -> Any:
+        """
+        A Deferred firing once every record made before the call is written.
+        """
+
+    def journal_add(agent: str, message_id: str, body: Any) -> None:
+        """
+        Note a message waiting for C{agent} (the delivery journal). Batched.
+        """
+
+    def journal_done(agent: str, message_id: str) -> None:
+        """
+        C{agent} is done with a message. Batched.
+        """
+
+    def load_journal() -> Any:
+        """
+        Deferred of C{(agent, message dict)} still waiting, oldest first.
+        """
+
+    def outbox_add(node: str, epoch: int, seq: int, receiver: str, body: str, expires_at: float) -> None:
+        """
+        Keep a message bound for another node until it is acknowledged. Batched.
+        """
+
+    def outbox_acked(node: str, epoch: int, high: int) -> None:
+        """
+        C{node} has the messages up to C{(epoch, high)}. Batched.
+        """
+
+    def outbox_drop(node: str, epoch: int, seq: int) -> None:
+        """
+        Forget one message bound for C{node}. Batched.
+        """
+
+    def load_outbox() -> Any:
+        """
+        Deferred of C{(node, epoch, seq, receiver, body, expires_at)} rows.
+        """
+
+    def intake_high(node: str, epoch: int, high: int) -> None:
+        """
+        Everything C{node}'s run C{epoch} sent up to C{high} is taken in. Batched.
+        """
+
+    def client_home(client: str, conversation_id: str, node: str) -> None:
+        """
+        An API client came through C{node} (in a conversation, or C{""}). Batched.
+        """
+
+    def load_client_homes(limit: int) -> Any:
+        """
+        Deferred of the latest C{(client, conversation_id, node)}, oldest first.
+        """
+
+    def load_intake() -> Any:
+        """
+        Deferred of C{{(node, epoch): high}}.
+        """
+
     def expire(now: float) -> Any:
         """
         Apply retention (conversations, mailboxes, dead letters older than

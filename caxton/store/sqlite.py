@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import (
     Any,
     Callable,
+    Dict,
     Iterator,
     List,
     Mapping,
@@ -138,6 +139,47 @@ MIGRATIONS: Sequence[str] = (
         recorded_at REAL NOT NULL
     );
     """,
+    # 3: the delivery journal (messages accepted for agents here and not
+    # handled yet), the outbox (messages for other nodes not acknowledged
+    # yet) and, per peer and run, the last of its messages taken in.
+    """
+    CREATE TABLE inbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        agent TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        recorded_at REAL NOT NULL
+    );
+    CREATE INDEX inbox_message ON inbox (message_id, agent);
+
+    CREATE TABLE outbox (
+        node TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        receiver TEXT NOT NULL,
+        body TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        recorded_at REAL NOT NULL,
+        PRIMARY KEY (node, epoch, seq)
+    );
+
+    CREATE TABLE peer_intake (
+        node TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        high INTEGER NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (node, epoch)
+    );
+
+    CREATE TABLE client_homes (
+        client TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        node TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (client, conversation_id)
+    );
+    CREATE INDEX client_homes_updated_at ON client_homes (updated_at);
+    """,
 )
 
 
@@ -210,7 +252,20 @@ class _PendingDelivery:
     recorded_at: float
 
 
-_Pending = Union[_PendingMessage, _PendingMailbox, _PendingDeadLetter, _PendingDelivery]
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class _PendingStatement:
+    """
+    One statement of the delivery journal, the outbox or the peer intake,
+    written in order with the other records of its batch.
+    """
+
+    sql: str
+    parameters: Tuple[Any, ...]
+
+
+_Pending = Union[
+    _PendingMessage, _PendingMailbox, _PendingDeadLetter, _PendingDelivery, _PendingStatement
+]
 
 
 def _optionalString(message: Mapping[str, Any], key: str) -> Optional[str]:
@@ -306,6 +361,8 @@ def _writeBatch(
                     "INSERT INTO mailbox (client, body, recorded_at) VALUES (?, ?, ?)",
                     (entry.client, entry.body, entry.recorded_at),
                 )
+            elif isinstance(entry, _PendingStatement):
+                connection.execute(entry.sql, entry.parameters)
             elif isinstance(entry, _PendingDelivery):
                 connection.execute(
                     "INSERT INTO pending_messages (agent, body, recorded_at) VALUES (?, ?, ?)",
@@ -589,6 +646,34 @@ def _takePending(connection: sqlite3.Connection) -> List[Tuple[str, Any]]:
     return [(agent, json.loads(body)) for (agent, body) in rows]
 
 
+def _nothing(connection: sqlite3.Connection) -> None:
+    return None
+
+
+def _loadJournal(connection: sqlite3.Connection) -> List[Tuple[str, Any]]:
+    rows = connection.execute("SELECT agent, body FROM inbox ORDER BY seq").fetchall()
+    return [(agent, json.loads(body)) for (agent, body) in rows]
+
+
+def _loadOutbox(connection: sqlite3.Connection) -> List[Tuple[Any, ...]]:
+    return connection.execute(
+        "SELECT node, epoch, seq, receiver, body, expires_at FROM outbox ORDER BY node, epoch, seq"
+    ).fetchall()
+
+
+def _loadClientHomes(connection: sqlite3.Connection, limit: int) -> List[Tuple[str, str, str]]:
+    rows = connection.execute(
+        "SELECT client, conversation_id, node FROM client_homes ORDER BY updated_at DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return rows[::-1]
+
+
+def _loadIntake(connection: sqlite3.Connection) -> Dict[Tuple[str, int], int]:
+    rows = connection.execute("SELECT node, epoch, high FROM peer_intake").fetchall()
+    return {(node, epoch): high for (node, epoch, high) in rows}
+
+
 def _expire(connection: sqlite3.Connection, cutoff: float) -> int:
     removed = 0
     with _transaction(connection):
@@ -600,6 +685,10 @@ def _expire(connection: sqlite3.Connection, cutoff: float) -> int:
             "DELETE FROM conversations WHERE updated_at < ?",
             "DELETE FROM mailbox WHERE recorded_at < ?",
             "DELETE FROM dead_letters WHERE recorded_at < ?",
+            # A peer's run not heard from for the retention period will not
+            # resend: its outbox would have expired long before.
+            "DELETE FROM peer_intake WHERE updated_at < ?",
+            "DELETE FROM client_homes WHERE updated_at < ?",
         ):
             removed += connection.execute(statement, (cutoff,)).rowcount
     return removed
@@ -661,6 +750,7 @@ class SQLiteStore:
         self._state = "closed"
         self._pending: List[_Pending] = []
         self._flushCall: Any = None
+        self._holding = 0
         self._shutdownTrigger: Any = None
 
     # Opening and closing
@@ -750,7 +840,7 @@ class SQLiteStore:
         if self._state != "open":
             raise StoreError(f"cannot record in a store that is {self._state}")
         self._pending.append(entry)
-        if len(self._pending) >= FLUSH_THRESHOLD:
+        if len(self._pending) >= FLUSH_THRESHOLD and not self._holding:
             self._flush()
         elif self._flushCall is None:
             self._flushCall = self._reactor.callLater(0, self._flush)
@@ -990,6 +1080,147 @@ class SQLiteStore:
             the order kept.
         """
         return self._run(_takePending)
+
+    # The delivery journal, the outbox and the peer intake --------------------
+    #
+    # These records keep SPEC 4.2 through a kill -9: a message is in the
+    # journal from the moment an agent's inbox takes it until its handler
+    # has run, in the outbox from the moment it is bound for another node
+    # until that node acknowledges it, and each peer's last message taken
+    # in is kept so a resend is recognised.  All are batched like the
+    # other records, in order, so what a handler sent is written before
+    # (or with) the record that it was handled.
+
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """
+        Records made inside go to the worker in one batch, and so are
+        written in one transaction: all or none survive a crash.
+        """
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+            if not self._holding and len(self._pending) >= FLUSH_THRESHOLD:
+                self._flush()
+
+    def sync(self) -> "Deferred[None]":
+        """
+        Fires once every record made before this call is written.
+        """
+        return self._run(_nothing)
+
+    def _statement(self, sql: str, *parameters: Any) -> None:
+        self._enqueue(_PendingStatement(sql, parameters))
+
+    def journal_add(self, agent: str, message_id: str, body: Union[bytes, str]) -> None:
+        """
+        Note that agent C{agent} has message C{message_id} (its JSON
+        C{body}) waiting.  Batched.
+        """
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+        self._statement(
+            "INSERT INTO inbox (agent, message_id, body, recorded_at) VALUES (?, ?, ?, ?)",
+            agent,
+            message_id,
+            text,
+            self._reactor.seconds(),
+        )
+
+    def journal_done(self, agent: str, message_id: str) -> None:
+        """
+        Agent C{agent} is done with message C{message_id}.  Batched.
+        """
+        self._statement("DELETE FROM inbox WHERE message_id = ? AND agent = ?", message_id, agent)
+
+    def load_journal(self) -> "Deferred[List[Tuple[str, Any]]]":
+        """
+        The messages still waiting for agents, as C{(agent, message dict)}
+        in the order they were taken; they stay until L{journal_done}.
+        """
+        return self._run(_loadJournal)
+
+    def outbox_add(
+        self, node: str, epoch: int, seq: int, receiver: str, body: str, expires_at: float
+    ) -> None:
+        """
+        Keep a message bound for C{node} until it is acknowledged.  Batched.
+        """
+        self._statement(
+            "INSERT OR REPLACE INTO outbox (node, epoch, seq, receiver, body, expires_at,"
+            " recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            node,
+            epoch,
+            seq,
+            receiver,
+            body,
+            expires_at,
+            self._reactor.seconds(),
+        )
+
+    def outbox_acked(self, node: str, epoch: int, high: int) -> None:
+        """
+        C{node} has everything up to C{(epoch, high)}.  Batched.
+        """
+        self._statement(
+            "DELETE FROM outbox WHERE node = ? AND epoch = ? AND seq <= ?", node, epoch, high
+        )
+
+    def outbox_drop(self, node: str, epoch: int, seq: int) -> None:
+        """
+        Forget one message bound for C{node} (it failed).  Batched.
+        """
+        self._statement(
+            "DELETE FROM outbox WHERE node = ? AND epoch = ? AND seq = ?", node, epoch, seq
+        )
+
+    def load_outbox(self) -> "Deferred[List[Tuple[Any, ...]]]":
+        """
+        Every message waiting for another node, as C{(node, epoch, seq,
+        receiver, body, expires_at)}, by node and in the order sent.
+        """
+        return self._run(_loadOutbox)
+
+    def intake_high(self, node: str, epoch: int, high: int) -> None:
+        """
+        Everything C{node} sent up to C{(epoch, high)} has been taken in.
+        Batched.
+        """
+        self._statement(
+            "INSERT OR REPLACE INTO peer_intake (node, epoch, high, updated_at) VALUES (?, ?, ?, ?)",
+            node,
+            epoch,
+            high,
+            self._reactor.seconds(),
+        )
+
+    def client_home(self, client: str, conversation_id: str, node: str) -> None:
+        """
+        API client C{client} came through C{node} in C{conversation_id}
+        (C{""}: lately).  Batched.
+        """
+        self._statement(
+            "INSERT OR REPLACE INTO client_homes (client, conversation_id, node, updated_at)"
+            " VALUES (?, ?, ?, ?)",
+            client,
+            conversation_id,
+            node,
+            self._reactor.seconds(),
+        )
+
+    def load_client_homes(self, limit: int) -> "Deferred[List[Tuple[str, str, str]]]":
+        """
+        The C{limit} latest C{(client, conversation_id, node)}, oldest first.
+        """
+        return self._run(_loadClientHomes, limit)
+
+    def load_intake(self) -> "Deferred[Dict[Tuple[str, int], int]]":
+        """
+        The last message taken in from each peer's run, C{{(node, epoch):
+        seq}}.
+        """
+        return self._run(_loadIntake)
 
     def expire(self, now: float) -> "Deferred[int]":
         """
