@@ -598,3 +598,22 @@ class RouteTests(SynchronousTestCase):
             code, answer = self.call(method, path, body)
             self.assertEqual((code, answer["error"]["code"]), (404, "INVALID_REQUEST"), path)
             self.assertIn("keeps no", answer["error"]["message"])
+
+
+class DocsTests(SynchronousTestCase):
+    def test_security_doc_lists_every_route_with_its_role(self) -> None:
+        """
+        The table of routes and roles in docs/security.md is POLICY, line
+        for line.
+        """
+        import re
+
+        from caxton.api.routes import POLICY
+
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "security.md")
+        with open(path) as f:
+            text = f.read()
+        rows = re.findall(r"^\| `(GET|POST|PUT|DELETE) (/[^`]*)` \| (\w+) \|$", text, re.MULTILINE)
+        documented = {(method, template): role for method, template, role in rows}
+        self.assertEqual(len(rows), len(documented))
+        self.assertEqual(documented, {key: role.name.lower() for key, role in POLICY.items()})

@@ -282,12 +282,19 @@ class _TooManyConnections(Protocol):
     Answers 429 and closes: a client already has its share of connections.
     """
 
+    _abort: Any = None
+
     def connectionMade(self) -> None:
         self.transport.write(raw_response(
             429, "Too Many Requests", "RATE_LIMITED",
             "too many open connections from this address", [("Retry-After", "1")],
         ))
         self.transport.loseConnection()
+        self._abort = self.factory.reactor.callLater(ABORT_AFTER, self.transport.abortConnection)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
 
 
 class GuardedSite(Site):
