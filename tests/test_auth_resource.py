@@ -556,6 +556,18 @@ class RouteTests(SynchronousTestCase):
         self.assertNotIn(parse_token(admin)[1], text)
         self.assertNotIn(parse_token(operator)[1], text)
 
+    def test_spellings_of_a_route_are_that_route(self) -> None:
+        """
+        Paths the app serves as C{/api/v1/keys} (percent-encoded, with a
+        leading double slash) need what C{/api/v1/keys} needs.
+        """
+        admin = self.call("POST", "/api/v1/keys", {"name": "root", "role": "admin"})[1]["token"]
+        viewer = self.call("POST", "/api/v1/keys", {"name": "v", "role": "viewer"}, admin)[1]["token"]
+        for path in ("/api/v1/%6beys", "/api/v1/%6B%65ys", "//api/v1/keys"):
+            self.assertEqual(self.call("GET", path, token=viewer)[0], 403, path)
+            code, body = self.call("GET", path, token=admin)
+            self.assertEqual((code, len(body["keys"])), (200, 2), path)
+
     def test_remote_refused_in_protected_mode(self) -> None:
         code, body = self.call("POST", "/api/v1/keys", {"name": "x", "role": "admin"}, http=self.remote)
         self.assertEqual((code, body["error"]["code"]), (403, "FORBIDDEN"))
@@ -617,3 +629,45 @@ class DocsTests(SynchronousTestCase):
         documented = {(method, template): role for method, template, role in rows}
         self.assertEqual(len(rows), len(documented))
         self.assertEqual(documented, {key: role.name.lower() for key, role in POLICY.items()})
+
+
+class GuardTests(SynchronousTestCase):
+    """
+    The node's wiring: configuration to limiter, audit log and sites.
+    """
+
+    def test_from_config(self) -> None:
+        """
+        The C{auth.*}, C{audit.*} and C{http.*} keys reach the parts they
+        name; an onion endpoint's site does not trust loopback.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from caxton.auth.resource import Guard
+        from caxton.config import ConfigError, load
+
+        data_dir = self.mktemp()
+        config = load({"data_dir": data_dir}, {
+            "CAXTON_AUTH_RATE_LIMIT": "0.5", "CAXTON_AUTH_BURST": "7", "CAXTON_AUDIT_MAX_SIZE": "1MiB",
+            "CAXTON_HTTP_REQUEST_TIMEOUT": "5s", "CAXTON_HTTP_MIN_BODY_RATE": "1KiB",
+            "CAXTON_HTTP_MAX_CONNECTIONS_PER_CLIENT": "4",
+        })
+        guard = Guard(config, MemoryReactorClock(), CaxtonAPI.app.url_map)
+        self.assertEqual(guard.audit.path, os.path.join(data_dir, "audit.log"))
+        self.assertEqual(guard.audit.max_size, 1024**2)
+        self.assertEqual(guard.keys.file.path, os.path.join(data_dir, "keys.json"))
+        self.assertEqual(guard.service.name, "audit")
+        tcp = guard.site(Resource(), "tcp:8080")
+        onion = guard.site(Resource(), "onion:80")
+        self.assertEqual((tcp.request_timeout, tcp.min_body_rate, tcp.max_connections_per_client), (5.0, 1024, 4))
+        self.assertIs(tcp.connections, onion.connections)
+        tcp_gate, onion_gate = tcp.resource._gatekeeper, onion.resource._gatekeeper
+        self.assertTrue(tcp_gate.trust_loopback)
+        self.assertFalse(onion_gate.trust_loopback)
+        self.assertIs(tcp_gate.limiter, onion_gate.limiter)
+        self.assertEqual((tcp_gate.limiter.rate, tcp_gate.limiter.burst), (0.5, 7))
+        for bad in ("0", "-1", "fast", "nan", "inf"):
+            with self.assertRaises(ConfigError) as caught:
+                load({}, {"CAXTON_AUTH_RATE_LIMIT": bad})
+            self.assertIn("auth.rate_limit", str(caught.exception))
+        self.assertRaises(ConfigError, load, {}, {"CAXTON_AUTH_BURST": "0"})
