@@ -312,6 +312,9 @@ class RemoteClientTests(_AuthNodeTestCase):
         host_side, ns_side = f"cxah{n}", f"cxan{n}"
         subnet = f"10.{200 + n % 50}.{n // 50 % 250}"
         self.host_address, self.client_address = f"{subnet}.1", f"{subnet}.2"
+        # Left over from a run that was killed before its cleanup.
+        _ip("netns", "del", self.namespace)
+        _ip("link", "del", host_side)
         made = _ip("netns", "add", self.namespace)
         if made.returncode != 0:
             raise unittest.SkipTest(f"cannot make a network namespace here (ip netns add: {made.stderr.strip()})")
