@@ -109,7 +109,8 @@ def is_local(address: Any) -> bool:
 
 class CappedRequest(Request):
     """
-    A request that refuses bodies larger than C{max_body} bytes.
+    A request that refuses bodies larger than C{max_body} bytes, and
+    (with a site gate) requests the gate refuses, before their body.
     """
 
     max_body = 32 * 1024 * 1024
@@ -145,7 +146,12 @@ class CappedRequest(Request):
         uri = getattr(self.channel, "_path", None)
         if gate is None or method is None or uri is None:
             return None
-        return gate(method, uri, self.requestHeaders, self.channel.transport.getPeer())
+        try:
+            return gate(method, uri, self.requestHeaders, self.channel.transport.getPeer())
+        except Exception:
+            # The resource decides again when the request is rendered.
+            log.failure("the site's gate failed on {method} {uri}", method=method, uri=uri)
+            return None
 
     def handleContentChunk(self, data: bytes) -> None:
         """
