@@ -95,6 +95,21 @@ def parse_count(value: Any) -> int:
     return number
 
 
+def parse_rate(value: Any) -> float:
+    """
+    A number larger than zero, fractions allowed (requests per second).
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    try:
+        number = float(value) if isinstance(value, (int, float)) else float(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number")
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError("must be a finite number larger than zero")
+    return number
+
+
 def _string(value: Any) -> str:
     if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value) == "":
         raise ValueError("must be a non-empty string")
@@ -330,6 +345,13 @@ KEYS: Tuple[Key, ...] = (
     Key("cluster.max_queue", parse_count, 10_000),
     Key("cluster.lookup_timeout", parse_duration, 1.0),
     Key("cluster.bootstrap_expect", parse_count_or_zero, 0),
+    # Slow clients, rate limits and the audit log (SPEC 6, docs/security.md).
+    Key("http.request_timeout", parse_duration, 30.0),
+    Key("http.min_body_rate", parse_size, 64 * 1024),
+    Key("http.max_connections_per_client", parse_count, 32),
+    Key("auth.rate_limit", parse_rate, 50.0),
+    Key("auth.burst", parse_count, 100),
+    Key("audit.max_size", parse_size, 16 * 1024**2),
     # MCP servers agents may use (SPEC 8, docs/tools.md).
     Key("mcp.servers", _mcp_servers, ()),
     Key("mcp.timeout", parse_duration, 30.0),

@@ -21,7 +21,7 @@ from caxton.agents.executor import ThreadWorkers
 from caxton.agents.manager import AgentManager
 from caxton.agents.runtime import WasmRuntime
 from caxton.api.app import CaxtonAPI
-from caxton.api.site import make_site
+from caxton.auth.resource import Guard
 from caxton.config import Config, ConfigError
 from caxton.router.router import Router
 from caxton.service import CaxtonService, RuntimeService, StoreService, ToolsService, data_paths
@@ -76,6 +76,8 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
         from caxton.cluster.service import ClusterService
 
         cluster = ClusterService(reactor, config, agents, store, router)
+    # API keys, rate limits, the audit log, slow clients (docs/security.md).
+    guard = Guard(config, reactor, CaxtonAPI.app.url_map)
     api = CaxtonAPI(
         reactor,
         agents,
@@ -86,8 +88,9 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
         ready=lambda: root.ready,
         cluster=cluster,
         tools=tools,
+        keys=guard.keys,
+        audit=guard.audit,
     )
-    site = make_site(api.resource(), config["http.max_body"], config["http.timeout"])
 
     StoreService(store).setServiceParent(root)
     RuntimeService(runtime, workers).setServiceParent(root)
@@ -104,12 +107,13 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
     retention.setName("retention")
     retention.clock = reactor
     retention.setServiceParent(root)
+    guard.service.setServiceParent(root)
     for i, description in enumerate(config["api"]):
         try:
             endpoint = serverFromString(reactor, description)
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"api: {description!r} is not a server endpoint string ({e})")
-        listener = StreamServerEndpointService(endpoint, site)
+        listener = StreamServerEndpointService(endpoint, guard.site(api.resource(), description))
         # Fail the start (and exit 1) when the port cannot be bound, rather
         # than log it and run a node nobody can reach.
         listener._raiseSynchronously = True

@@ -140,6 +140,15 @@ def _stored(item: StoredMessage) -> Dict[str, Any]:
     return {"seq": item.seq, "recorded_at": item.recorded_at, "message": item.message}
 
 
+class _NotKept(CaxtonError):
+    """
+    The node was built without API keys or an audit log.
+    """
+
+    code = "INVALID_REQUEST"
+    status = 404
+
+
 class CaxtonAPI:
     """
     The management API of one node.
@@ -154,6 +163,10 @@ class CaxtonAPI:
     @param cluster: the cluster this node belongs to (by default it runs
         alone).
     @param tools: the MCP tool gateway, for C{GET /api/v1/tools}.
+    @param keys: the node's API keys (L{caxton.auth.keys.KeyStore}), for
+        C{/api/v1/keys}.
+    @param audit: the node's audit log (L{caxton.auth.audit.AuditLog}),
+        for C{GET /api/v1/audit}.
     """
 
     app = Klein()
@@ -169,6 +182,8 @@ class CaxtonAPI:
         ready: Callable[[], bool] = lambda: True,
         cluster: Optional[ICluster] = None,
         tools: Optional[IToolGateway] = None,
+        keys: Any = None,
+        audit: Any = None,
     ) -> None:
         self._reactor = reactor
         self._agents = agents
@@ -179,6 +194,8 @@ class CaxtonAPI:
         self._ready = ready
         self._cluster: ICluster = cluster if cluster is not None else Standalone(agents)
         self._tools = tools
+        self._keys = keys
+        self._audit = audit
 
     def resource(self) -> Any:
         """
@@ -697,6 +714,59 @@ class CaxtonAPI:
         ]
         next_before = items[-1]["seq"] if len(items) == limit else None
         return self._json(request, {"dead_letters": items, "next_before": next_before})
+
+
+    # Keys and the audit log (caxton.auth, docs/security.md) ---------------------------
+    # The node always gives both; an API built without them (tests, tools)
+    # answers 404 on these routes.
+
+    def _key_store(self) -> Any:
+        if self._keys is None:
+            raise _NotKept("this node keeps no API keys")
+        return self._keys
+
+    @app.route("/api/v1/keys", methods=["GET"])
+    def list_keys(self, request: Any) -> bytes:
+        """
+        Every API key, newest first, without secrets.
+        """
+        return self._json(request, {"keys": self._key_store().views()})
+
+    @app.route("/api/v1/keys", methods=["POST"])
+    async def create_key(self, request: Any) -> bytes:
+        """
+        Make a key: C{{"name": ..., "role": ...}}; 201 with its token,
+        shown this once.
+        """
+        keys = self._key_store()
+        body = self._body(request)
+        if not isinstance(body, dict):
+            raise InvalidRequest("the request body must be a JSON object with name and role")
+        record, token = await _detached(keys.create(body.get("name"), body.get("role")))
+        request.caxton_audit_detail = {"created_key_id": record.key_id, "role": record.role.name.lower()}
+        request.setHeader("location", f"/api/v1/keys/{record.key_id}")
+        return self._json(request, {"key": record.view(), "token": token}, 201)
+
+    @app.route("/api/v1/keys/<key_id>", methods=["DELETE"])
+    async def revoke_key(self, request: Any, key_id: str) -> bytes:
+        """
+        Revoke a key; it is refused from the next request.
+        """
+        record = await _detached(self._key_store().revoke(key_id))
+        return self._json(request, {"key": record.view()})
+
+    @app.route("/api/v1/audit", methods=["GET"])
+    async def audit_log(self, request: Any) -> bytes:
+        """
+        Audit entries, newest first: C{limit} (1-1000, default 100) and
+        C{before} (a C{seq}, from C{next_before}).
+        """
+        if self._audit is None:
+            raise _NotKept("this node keeps no audit log")
+        limit = _int_arg(request, "limit", 100, 1, 1000)
+        before = _int_arg(request, "before", None, 1)
+        entries, next_before = await self._audit.entries(limit, before)
+        return self._json(request, {"entries": entries, "next_before": next_before})
 
 
 def _conversation(record: Any) -> Dict[str, Any]:

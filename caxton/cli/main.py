@@ -36,6 +36,7 @@ __all__ = ["main", "run", "build_parser", "CommandError", "UsageError"]
 COMMAND_MODULES: Sequence[str] = (
     "caxton.cli.certs",
     "caxton.cli.gossip",
+    "caxton.cli.keys",
 )
 
 PROG = "caxton"
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     """
     parser = _Parser(
         prog=PROG,
-        description="Caxton: make a cluster's certificates and gossip keys.",
+        description="Caxton: make a cluster's certificates, gossip keys and API keys.",
     )
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", parser_class=_Parser
