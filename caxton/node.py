@@ -22,7 +22,13 @@ from caxton.agents.manager import AgentManager
 from caxton.agents.runtime import WasmRuntime
 from caxton.api.app import CaxtonAPI
 from caxton.api.site import make_site
+from caxton import __version__
+from caxton.cluster.standalone import Standalone
 from caxton.config import Config, ConfigError
+from caxton.observability.events import AgentEvents, EventHub, MembershipEvents
+from caxton.observability.metrics import NodeMetrics
+from caxton.observability.service import ObservabilityService
+from caxton.observability.web import MeasuredResource
 from caxton.router.router import Router
 from caxton.service import CaxtonService, RuntimeService, StoreService, ToolsService, data_paths
 from caxton.store.sqlite import SQLiteStore
@@ -68,7 +74,16 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
             [McpServerConfig(*server) for server in config["mcp.servers"]],
             timeout=config["mcp.timeout"],
         )
-    router = Router(reactor, agents, store, tools=tools)
+    # Observability (SPEC 10): the node's metrics and event stream.
+    metrics = NodeMetrics(config["node_id"], __version__)
+    events = EventHub(
+        reactor,
+        capacity=config["events.buffer"],
+        max_subscribers=config["events.max_subscribers"],
+        max_pending=config["events.max_pending"],
+        keepalive=config["events.keepalive"],
+    )
+    router = Router(reactor, agents, store, tools=tools, observer=metrics.messages)
     root = CaxtonService(reactor, router, config["shutdown_grace"])
     cluster = None
     if config.clustered:
@@ -76,6 +91,9 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
         from caxton.cluster.service import ClusterService
 
         cluster = ClusterService(reactor, config, agents)
+        cluster.listeners.append(MembershipEvents(events))
+    metrics.watch_agents(agents)
+    metrics.watch_cluster(cluster if cluster is not None else Standalone(agents))
     api = CaxtonAPI(
         reactor,
         agents,
@@ -86,8 +104,13 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
         ready=lambda: root.ready,
         cluster=cluster,
         tools=tools,
+        metrics=metrics,
+        events=events,
     )
-    site = make_site(api.resource(), config["http.max_body"], config["http.timeout"])
+    resource = api.resource()
+    # Outermost, so requests refused by any wrapper inside are counted too.
+    resource = MeasuredResource(resource, metrics.api, CaxtonAPI.app.url_map, reactor)
+    site = make_site(resource, config["http.max_body"], config["http.timeout"])
 
     StoreService(store).setServiceParent(root)
     RuntimeService(runtime, workers).setServiceParent(root)
@@ -100,6 +123,9 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
     retention.setName("retention")
     retention.clock = reactor
     retention.setServiceParent(root)
+    # After the agents are loaded (restoring them is no event); stopped
+    # before the others, ending the event streams.
+    ObservabilityService(events, AgentEvents(events, config["node_id"]), agents).setServiceParent(root)
     for i, description in enumerate(config["api"]):
         try:
             endpoint = serverFromString(reactor, description)

@@ -31,6 +31,11 @@ from caxton.cluster.interfaces import ICluster
 from caxton.cluster.standalone import Standalone
 from caxton.config import parse_duration, parse_host_port
 from caxton.mcp.interfaces import IToolGateway
+from caxton.observability.events import EventHub
+from caxton.observability.metrics import NodeMetrics
+from caxton.observability.web import stream_events
+from caxton import __version__ as caxton_version
+from prometheus_client import CONTENT_TYPE_LATEST
 from caxton.errors import AgentNotFound, CaxtonError, ConversationNotFound, InvalidRequest
 from caxton.router.router import CLIENT_PREFIX, Router, new_id
 from caxton.store.interfaces import IStateStore, StoredMessage
@@ -147,6 +152,11 @@ class CaxtonAPI:
     @param cluster: the cluster this node belongs to (by default it runs
         alone).
     @param tools: the MCP tool gateway, for C{GET /api/v1/tools}.
+    @param metrics: the node's L{caxton.observability.metrics.NodeMetrics},
+        for C{GET /metrics} (by default, metrics of the agents and cluster
+        only).
+    @param events: the node's L{caxton.observability.events.EventHub}, for
+        C{GET /api/v1/events} (by default, a hub nothing publishes to).
     """
 
     app = Klein()
@@ -162,6 +172,8 @@ class CaxtonAPI:
         ready: Callable[[], bool] = lambda: True,
         cluster: Optional[ICluster] = None,
         tools: Optional[IToolGateway] = None,
+        metrics: Any = None,
+        events: Any = None,
     ) -> None:
         self._reactor = reactor
         self._agents = agents
@@ -172,6 +184,13 @@ class CaxtonAPI:
         self._ready = ready
         self._cluster: ICluster = cluster if cluster is not None else Standalone(agents)
         self._tools = tools
+        self._metrics, self._events = metrics, events
+        if metrics is None:
+            self._metrics = NodeMetrics(agents.node_id, caxton_version, process=False)
+            self._metrics.watch_agents(agents)
+            self._metrics.watch_cluster(self._cluster)
+        if events is None:
+            self._events = EventHub(reactor)
 
     def resource(self) -> Any:
         """
@@ -277,6 +296,23 @@ class CaxtonAPI:
         Membership health: peers, last full sync, agents, partition mode.
         """
         return self._json(request, self._cluster.gossip_health())
+
+    # Observability (SPEC 10) -------------------------------------------------------------
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: Any) -> bytes:
+        """
+        Prometheus metrics, in the text exposition format.
+        """
+        request.setHeader("content-type", CONTENT_TYPE_LATEST)
+        return self._metrics.exposition()
+
+    @app.route("/api/v1/events", methods=["GET"])
+    async def events(self, request: Any) -> bytes:
+        """
+        Server-sent events: agents and members as they change.
+        """
+        return await stream_events(self._events, request)
 
     # Cluster ---------------------------------------------------------------------------
 

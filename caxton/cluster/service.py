@@ -214,6 +214,9 @@ class ClusterService(Service):
         self._key_watcher: Optional[KeyFileWatcher] = None
         self._largest = 1
         self.last_sync: Optional[float] = None
+        #: More listeners for every membership this service starts (the
+        #: event stream's).
+        self.listeners: List[IMembershipListener] = []
 
     # Start and stop -------------------------------------------------------------
 
@@ -332,6 +335,8 @@ class ClusterService(Service):
         )
         self.membership.add_listener(self.registry)
         self.membership.add_listener(self)
+        for listener in self.listeners:
+            self.membership.add_listener(listener)
         self._largest = 1
         self.membership.start()
         for cell in self._agents:
