@@ -28,6 +28,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
 from tests.nodes import REPO, ChildProcess, Client, NodeProcess, _Output
+from tests.test_cluster import ClusterTestCase
 from tests.wasmbuild import example, wat_module
 
 #: The longest any single wait in these tests may take, in seconds.
@@ -322,3 +323,45 @@ class JSONLogTests(_ObservabilityTestCase):
         self.assertEqual(await process.stop(signal.SIGTERM), 0)
         records = self.assertJSONLines(bytes(process._output.output))
         self.assertTrue(any("starting up" in r["log_text"] for r in records))
+
+
+class ClusterTests(ClusterTestCase, _ObservabilityTestCase):
+    """
+    Member events and cluster metrics from a real two-node cluster.
+    """
+
+    async def test_member_events_and_metrics(self) -> None:
+        """
+        A node's member stream announces the node that joins, then, once
+        that node is killed, its suspicion and failure; the metrics show
+        the members by state, SWIM probes, and the partition mode moving
+        from majority to isolated.
+        """
+        _, c1 = await self.node("n1")
+        stream = await self.events(c1.url, "/api/v1/events?types=member.*")
+        await stream.until(lambda: any(c == ": connected" for _, c in stream.comments), "connected comment")
+        p2, _ = await self.node("n2", join=(await self.gossip_address(c1),))
+        await stream.until(
+            lambda: any(e["event"] == "member.joined" and e["data"]["member"] == "n2" for e in stream.events),
+            "n2 joining",
+        )
+        joined = [e for e in stream.events if e["event"] == "member.joined"][0]["data"]
+        self.assertTrue(joined["address"].startswith("127.0.0.1:"))
+        self.assertIsInstance(joined["incarnation"], int)
+        found = await self.scrape(c1)
+        self.assertEqual(_get(found, "caxton_cluster_members", state="alive"), 2)
+        self.assertEqual(_get(found, "caxton_cluster_partition", mode="majority"), 1)
+        await p2.stop(signal.SIGKILL)
+        await stream.until(
+            lambda: any(e["event"] == "member.failed" and e["data"]["member"] == "n2" for e in stream.events),
+            "n2 declared failed",
+        )
+        kinds = [e["event"] for e in stream.events if e["data"]["member"] == "n2"]
+        self.assertEqual(kinds[0], "member.joined")
+        self.assertLess(kinds.index("member.suspected"), kinds.index("member.failed"))
+        found = await self.scrape(c1)
+        self.assertEqual(_get(found, "caxton_cluster_members", state="dead"), 1)
+        self.assertEqual(_get(found, "caxton_cluster_partition", mode="isolated"), 1)
+        self.assertGreater(_get(found, "caxton_swim_probes_total"), 0)
+        self.assertGreaterEqual(_get(found, "caxton_swim_suspicions_total"), 1)
+        self.assertGreater(_get(found, "caxton_gossip_packets_total", direction="out"), 0)
