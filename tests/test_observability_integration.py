@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import sqlite3
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -365,3 +367,40 @@ class ClusterTests(ClusterTestCase, _ObservabilityTestCase):
         self.assertGreater(_get(found, "caxton_swim_probes_total"), 0)
         self.assertGreaterEqual(_get(found, "caxton_swim_suspicions_total"), 1)
         self.assertGreater(_get(found, "caxton_gossip_packets_total", direction="out"), 0)
+
+
+class BackupTests(_ObservabilityTestCase):
+    """
+    The backup procedure of docs/operations.md works on a running node.
+    """
+
+    async def test_online_backup_and_restore(self) -> None:
+        """
+        C{VACUUM INTO} on the database of a running node (WAL mode) makes a
+        copy that, as the only file of a new data directory, starts a node
+        with the agent deployed before the backup, which still answers.
+        """
+        process, client = await self.node()
+        status, _ = await client.deploy("echo", _echo())
+        self.assertEqual(status, 201)
+        backup = os.path.abspath(self.mktemp()) + ".sqlite3"
+        source = sqlite3.connect(os.path.join(process.data_dir, "caxton.sqlite3"))
+        try:
+            self.assertEqual(source.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+            source.execute("VACUUM INTO ?", (backup,))
+        finally:
+            source.close()
+        self.assertEqual(await process.stop(signal.SIGTERM), 0)
+        restored_dir = os.path.abspath(self.mktemp())
+        os.makedirs(restored_dir)
+        shutil.copy(backup, os.path.join(restored_dir, "caxton.sqlite3"))
+        restored = NodeProcess(restored_dir)
+        self.addCleanup(lambda: ensureDeferred(restored.stop(signal.SIGKILL)))
+        again = Client(await restored.start())
+        status, body = await again.get("/api/v1/agents/echo")
+        self.assertEqual((status, body["status"]), (200, "running"), body)
+        status, body = await again.post(
+            "/api/v1/agents/echo/invoke", {"content": {"restored": True}, "sender": "client:b"}
+        )
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["reply"]["content"]["content"], {"restored": True})
