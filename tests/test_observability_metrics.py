@@ -28,7 +28,9 @@ def samples(metrics: NodeMetrics) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]
     """
     Every sample of the exposition, by name and sorted labels.
     """
-    text = metrics.exposition().decode("utf-8")
+    body, content_type = metrics.exposition()
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8", content_type
+    text = body.decode("utf-8")
     found = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

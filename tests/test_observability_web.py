@@ -142,6 +142,20 @@ class MeasuredResourceTests(MeasuredAPITestCase):
         [sample] = [s for s in families["caxton_api_requests"].samples if s.name.endswith("_total")]
         self.assertEqual((sample.labels["route"], sample.value), ("/metrics", 1))
 
+    def test_openmetrics(self) -> None:
+        """
+        A scraper that asks for OpenMetrics gets it, with its content type
+        and its terminating C{# EOF}.
+        """
+        d = self.http.get(BASE + "/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"})
+        self.http.flush()
+        response = self.successResultOf(d)
+        [content_type] = response.headers.getRawHeaders("content-type")
+        self.assertTrue(content_type.startswith("application/openmetrics-text; version=1.0.0"), content_type)
+        body = self.successResultOf(response.content())
+        self.assertTrue(body.endswith(b"# EOF\n"))
+        self.assertIn(b"caxton_messages_routed_total", body)
+
     def test_methods_bounded(self) -> None:
         """
         Made-up methods are counted as C{OTHER}, so clients cannot mint

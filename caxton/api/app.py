@@ -35,7 +35,6 @@ from caxton.observability.events import EventHub
 from caxton.observability.metrics import NodeMetrics
 from caxton.observability.web import stream_events
 from caxton import __version__ as caxton_version
-from prometheus_client import CONTENT_TYPE_LATEST
 from caxton.errors import AgentNotFound, CaxtonError, ConversationNotFound, InvalidRequest
 from caxton.router.router import CLIENT_PREFIX, Router, new_id
 from caxton.store.interfaces import IStateStore, StoredMessage
@@ -302,10 +301,12 @@ class CaxtonAPI:
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: Any) -> bytes:
         """
-        Prometheus metrics, in the text exposition format.
+        Prometheus metrics, in the text exposition format (or OpenMetrics,
+        when the scraper asks for it).
         """
-        request.setHeader("content-type", CONTENT_TYPE_LATEST)
-        return self._metrics.exposition()
+        body, content_type = self._metrics.exposition(request.getHeader("accept"))
+        request.setHeader("content-type", content_type)
+        return body
 
     @app.route("/api/v1/events", methods=["GET"])
     async def events(self, request: Any) -> bytes:

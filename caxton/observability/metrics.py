@@ -21,7 +21,8 @@ from bisect import bisect_left
 from collections import Counter
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from prometheus_client import CollectorRegistry, Counter as PromCounter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter as PromCounter, Histogram
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -391,8 +392,14 @@ class NodeMetrics:
             raise ValueError(f"gauge {name} is already registered")
         self._scraped.gauges[name] = _Gauge(name, documentation, labels, callback)
 
-    def exposition(self) -> bytes:
+    def exposition(self, accept: Optional[str] = None) -> Tuple[bytes, str]:
         """
-        The Prometheus text exposition of every family.
+        Every family, in the format the scraper's C{Accept} header asks for
+        (as C{prometheus_client}'s own handlers choose it): OpenMetrics, or
+        Prometheus text, by default in its 0.0.4 version, which every
+        Prometheus reads.
+
+        @return: the body and its content type.
         """
-        return generate_latest(self.registry)
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
