@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from caxton.errors import InvalidRequest
+from caxton.errors import InvalidRequest, NotAccepting
 from caxton.observability.events import (
     KEEPALIVE,
     KINDS,
@@ -345,7 +345,7 @@ class SubscriptionTests(SynchronousTestCase):
         events.close()
         self.assertEqual(self.successResultOf(subscription.done), "closed")
         self.assertEqual(clock.getDelayedCalls(), [])
-        self.assertRaises(Exception, events.subscribe, FakeConsumer())
+        self.assertRaises(NotAccepting, events.subscribe, FakeConsumer())
 
 
 def echo() -> bytes:

@@ -250,6 +250,28 @@ class EventStreamTests(MeasuredAPITestCase):
         self.http.flush()
         self.successResultOf(done)
 
+    def test_slow_client_dropped(self) -> None:
+        """
+        A client whose connection stays paused (its send buffer full) while
+        more than C{events.max_pending} waits is disconnected; the stream
+        is closed on both sides, the subscription freed, nothing logged as
+        an error, and a new stream can take its place.
+        """
+        self.hub.max_pending = 2000
+        _, chunks, done = self.open()
+        [subscription] = self.hub._subscriptions
+        subscription.pauseProducing()
+        for i in range(30):
+            self.hub.publish("agent.deployed", agent=f"agent-{i:03d}", node="test-node", version=1)
+        self.http.flush()
+        self.failureResultOf(done)
+        self.assertEqual((self.hub.subscribers, self.hub.dropped), (0, 1))
+        self.assertNotIn(b"agent-000", b"".join(chunks))
+        self.open()
+        self.assertEqual(self.hub.subscribers, 1)
+        self.hub.close()
+        self.http.flush()
+
     def test_after_and_types(self) -> None:
         """
         C{?after=N} resumes like C{Last-Event-ID}; C{?types=} filters.

@@ -36,7 +36,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from caxton.errors import CaxtonError, InvalidRequest
+from caxton.errors import CaxtonError, InvalidRequest, NotAccepting
 from caxton.swim.interfaces import IMembershipListener
 
 log = Logger()
@@ -369,9 +369,10 @@ class EventHub:
             node restarted since (ids start again at 1): everything the
             ring holds is sent.
         @raise TooManySubscribers: when L{max_subscribers} streams are open.
+        @raise NotAccepting: once the hub is closed (the node stops).
         """
         if self.closed:
-            raise CaxtonError("the node is shutting down")
+            raise NotAccepting("the node is shutting down")
         if len(self._subscriptions) >= self.max_subscribers:
             raise TooManySubscribers(
                 f"this node already serves {self.max_subscribers} event streams (events.max_subscribers)"
