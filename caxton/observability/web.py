@@ -11,7 +11,11 @@ requests an authentication wrapper refuses are counted too.
 
 L{stream_events} serves one C{GET /api/v1/events} request: headers, the
 events owed since C{Last-Event-ID}, then every new one, until the client
-goes, the node stops, or the client falls too far behind.
+goes, the node stops, or the client falls too far behind.  The site's idle
+timeout (C{http.timeout}) does not cut it: twisted.web's C{HTTPChannel}
+suspends its timeout from the end of a request's headers until its
+response is finished (HTTP/2 resets it on every frame sent instead, which
+the keep-alives provide).
 """
 
 from __future__ import annotations
