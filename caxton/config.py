@@ -355,6 +355,13 @@ KEYS: Tuple[Key, ...] = (
     # MCP servers agents may use (SPEC 8, docs/tools.md).
     Key("mcp.servers", _mcp_servers, ()),
     Key("mcp.timeout", parse_duration, 30.0),
+    # Observability (SPEC 10, docs/operations.md).  No log.format: the
+    # runner's default (text; twist: JSON lines when not on a terminal).
+    Key("log.format", _one_of("text", "json"), None),
+    Key("events.buffer", parse_count, 1000),
+    Key("events.max_subscribers", parse_count, 64),
+    Key("events.max_pending", parse_size, 1024**2),
+    Key("events.keepalive", parse_duration, 15.0),
 )
 
 #: The C{gossip.*} keys that are SWIM knobs, named as in

@@ -22,7 +22,13 @@ from caxton.agents.manager import AgentManager
 from caxton.agents.runtime import WasmRuntime
 from caxton.api.app import CaxtonAPI
 from caxton.auth.resource import Guard
+from caxton import __version__
+from caxton.cluster.standalone import Standalone
 from caxton.config import Config, ConfigError
+from caxton.observability.events import AgentEvents, EventHub, MembershipEvents
+from caxton.observability.metrics import NodeMetrics
+from caxton.observability.service import ObservabilityService
+from caxton.observability.web import MeasuredResource
 from caxton.router.router import Router
 from caxton.service import CaxtonService, RuntimeService, StoreService, ToolsService, data_paths
 from caxton.store.sqlite import SQLiteStore
@@ -68,7 +74,16 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
             [McpServerConfig(*server) for server in config["mcp.servers"]],
             timeout=config["mcp.timeout"],
         )
-    router = Router(reactor, agents, store, tools=tools)
+    # Observability (SPEC 10): the node's metrics and event stream.
+    metrics = NodeMetrics(config["node_id"], __version__)
+    events = EventHub(
+        reactor,
+        capacity=config["events.buffer"],
+        max_subscribers=config["events.max_subscribers"],
+        max_pending=config["events.max_pending"],
+        keepalive=config["events.keepalive"],
+    )
+    router = Router(reactor, agents, store, tools=tools, observer=metrics.messages)
     root = CaxtonService(reactor, router, config["shutdown_grace"])
     cluster = None
     if config.clustered:
@@ -76,6 +91,9 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
         from caxton.cluster.service import ClusterService
 
         cluster = ClusterService(reactor, config, agents, store, router)
+        cluster.listeners.append(MembershipEvents(events))
+    metrics.watch_agents(agents)
+    metrics.watch_cluster(cluster if cluster is not None else Standalone(agents))
     # API keys, rate limits, the audit log, slow clients (docs/security.md).
     guard = Guard(config, reactor, CaxtonAPI.app.url_map)
     api = CaxtonAPI(
@@ -90,6 +108,8 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
         tools=tools,
         keys=guard.keys,
         audit=guard.audit,
+        metrics=metrics,
+        events=events,
     )
 
     StoreService(store).setServiceParent(root)
@@ -108,12 +128,21 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
     retention.clock = reactor
     retention.setServiceParent(root)
     guard.service.setServiceParent(root)
+    # After the agents are loaded (restoring them is no event); stopped
+    # before the others, ending the event streams.
+    ObservabilityService(events, AgentEvents(events, config["node_id"]), agents).setServiceParent(root)
     for i, description in enumerate(config["api"]):
         try:
             endpoint = serverFromString(reactor, description)
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"api: {description!r} is not a server endpoint string ({e})")
-        listener = StreamServerEndpointService(endpoint, guard.site(api.resource(), description))
+        # Metrics outermost, so requests refused by the guard are counted too.
+        site = guard.site(
+            api.resource(),
+            description,
+            wrap=lambda inner: MeasuredResource(inner, metrics.api, CaxtonAPI.app.url_map, reactor),
+        )
+        listener = StreamServerEndpointService(endpoint, site)
         # Fail the start (and exit 1) when the port cannot be bound, rather
         # than log it and run a node nobody can reach.
         listener._raiseSynchronously = True

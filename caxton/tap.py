@@ -36,6 +36,7 @@ class Options(usage.Options):
         ["tls-dir", None, None, "The cluster CA and this node's certificate (ca.pem, node.pem, node.key)."],
         ["gossip-key-file", None, None, "Gossip encryption keys, base64, one per line (first encrypts)."],
         ["profile", None, None, "SWIM timing profile: lan (default), wan or local."],
+        ["log-format", None, None, "Log format: text, or json (one JSON object per line)."],
     ]
 
     def __init__(self) -> None:
@@ -72,12 +73,18 @@ class Options(usage.Options):
             "tls_dir": self["tls-dir"],
             "gossip.key_file": self["gossip-key-file"],
             "gossip.profile": self["profile"],
+            "log.format": self["log-format"],
         }
         try:
             self.config: Config = load(given, os.environ, self["config"])
         except ConfigError as e:
             # One line, no usage text and no traceback (SPEC 2).
             raise SystemExit(f"caxton: configuration error: {e}")
+        # twistd and twist start logging after parsing their command line
+        # and before building the node: the format is chosen now.
+        from caxton.observability.logs import select
+
+        select(getattr(self, "parent", None), self.config["log.format"])
 
 
 def makeService(options: Options) -> Any:

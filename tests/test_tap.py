@@ -56,7 +56,8 @@ class PluginTests(SynchronousTestCase):
     def test_named_children(self) -> None:
         """
         makeService returns one IService whose named children start in order:
-        store, runtime, agents, retention, audit, then one listener per --api.
+        store, runtime, agents, retention, audit, observability, then one
+        listener per --api.
         """
         options = Options()
         options.parseOptions(["--data-dir", self.mktemp(), "--api", "tcp:0", "--api", "tcp:0"])
@@ -64,7 +65,7 @@ class PluginTests(SynchronousTestCase):
         verifyObject(IService, service)
         self.assertEqual(
             [child.name for child in service],
-            ["store", "runtime", "agents", "retention", "audit", "api-0", "api-1"],
+            ["store", "runtime", "agents", "retention", "audit", "observability", "api-0", "api-1"],
         )
 
     def test_clustered_children(self) -> None:
@@ -93,7 +94,7 @@ class PluginTests(SynchronousTestCase):
         service = build_node(config, MemoryReactorClock())
         self.assertEqual(
             [child.name for child in service],
-            ["store", "runtime", "courier", "agents", "cluster", "retention", "audit", "api-0"],
+            ["store", "runtime", "courier", "agents", "cluster", "retention", "audit", "observability", "api-0"],
         )
         self.assertEqual(service.getServiceNamed("cluster").swim_config.probe_interval, 5.0)
 

@@ -31,6 +31,10 @@ from caxton.cluster.interfaces import ICluster
 from caxton.cluster.standalone import Standalone
 from caxton.config import parse_duration, parse_host_port
 from caxton.mcp.interfaces import IToolGateway
+from caxton.observability.events import EventHub
+from caxton.observability.metrics import NodeMetrics
+from caxton.observability.web import stream_events
+from caxton import __version__ as caxton_version
 from caxton.errors import (
     AgentAlreadyExists,
     AgentNotFound,
@@ -167,6 +171,11 @@ class CaxtonAPI:
         C{/api/v1/keys}.
     @param audit: the node's audit log (L{caxton.auth.audit.AuditLog}),
         for C{GET /api/v1/audit}.
+    @param metrics: the node's L{caxton.observability.metrics.NodeMetrics},
+        for C{GET /metrics} (by default, metrics of the agents and cluster
+        only).
+    @param events: the node's L{caxton.observability.events.EventHub}, for
+        C{GET /api/v1/events} (by default, a hub nothing publishes to).
     """
 
     app = Klein()
@@ -184,6 +193,8 @@ class CaxtonAPI:
         tools: Optional[IToolGateway] = None,
         keys: Any = None,
         audit: Any = None,
+        metrics: Any = None,
+        events: Any = None,
     ) -> None:
         self._reactor = reactor
         self._agents = agents
@@ -196,6 +207,13 @@ class CaxtonAPI:
         self._tools = tools
         self._keys = keys
         self._audit = audit
+        self._metrics, self._events = metrics, events
+        if metrics is None:
+            self._metrics = NodeMetrics(agents.node_id, caxton_version, process=False)
+            self._metrics.watch_agents(agents)
+            self._metrics.watch_cluster(self._cluster)
+        if events is None:
+            self._events = EventHub(reactor)
 
     def resource(self) -> Any:
         """
@@ -301,6 +319,25 @@ class CaxtonAPI:
         Membership health: peers, last full sync, agents, partition mode.
         """
         return self._json(request, self._cluster.gossip_health())
+
+    # Observability (SPEC 10) -------------------------------------------------------------
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: Any) -> bytes:
+        """
+        Prometheus metrics, in the text exposition format (or OpenMetrics,
+        when the scraper asks for it).
+        """
+        body, content_type = self._metrics.exposition(request.getHeader("accept"))
+        request.setHeader("content-type", content_type)
+        return body
+
+    @app.route("/api/v1/events", methods=["GET"])
+    async def events(self, request: Any) -> bytes:
+        """
+        Server-sent events: agents and members as they change.
+        """
+        return await stream_events(self._events, request)
 
     # Cluster ---------------------------------------------------------------------------
 

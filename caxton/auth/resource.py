@@ -407,15 +407,19 @@ class Guard:
         }
         self._connections: Dict[str, int] = {}
 
-    def site(self, resource: Any, description: str) -> Any:
+    def site(self, resource: Any, description: str, wrap: Any = None) -> Any:
         """
         The site to serve the API's C{resource} on the endpoint
         C{description}.
+
+        @param wrap: wraps the guarded resource (metrics count every
+            request, refused ones too).
         """
         gatekeeper = self._gatekeepers[not _behind_local_proxy(description)]
         config = self._config
+        guarded = AuthResource(resource, gatekeeper, self.audit)
         return make_site(
-            AuthResource(resource, gatekeeper, self.audit),
+            wrap(guarded) if wrap is not None else guarded,
             config["http.max_body"],
             config["http.timeout"],
             request_timeout=config["http.request_timeout"],

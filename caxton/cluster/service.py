@@ -235,6 +235,9 @@ class ClusterService(Service):
                 lookup_timeout=config["cluster.lookup_timeout"],
             )
             router.remote = self.courier
+        #: More listeners for every membership this service starts (the
+        #: event stream's).
+        self.listeners: List[IMembershipListener] = []
 
     # Start and stop -------------------------------------------------------------
 
@@ -359,6 +362,8 @@ class ClusterService(Service):
         self.membership.add_listener(self)
         if self.courier is not None:
             self.courier.attach(self.registry)
+        for listener in self.listeners:
+            self.membership.add_listener(listener)
         self._largest = 1
         self.membership.start()
         for cell in self._agents:

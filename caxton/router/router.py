@@ -43,6 +43,7 @@ from caxton.cluster.interfaces import IRemoteRoutes
 from caxton.errors import CaxtonError, NotAccepting
 from caxton.mcp.interfaces import IToolGateway, ToolFailure
 from caxton.mcp.names import RECEIVER_PREFIX
+from caxton.observability.interfaces import IMessageObserver, NullMessageObserver
 from caxton.store.interfaces import ConversationRecord, IStateStore
 
 log = Logger()
@@ -117,6 +118,7 @@ class Router:
 
     @ivar remote: the cluster's routes to other nodes, set when the node
         is clustered; without it every name is local.
+    @param observer: told what became of each message, for metrics.
     """
 
     def __init__(
@@ -126,8 +128,10 @@ class Router:
         store: IStateStore,
         tracker: Optional[ConversationTracker] = None,
         tools: Optional[IToolGateway] = None,
+        observer: Optional[IMessageObserver] = None,
     ) -> None:
         self._reactor = reactor
+        self._observer: IMessageObserver = observer if observer is not None else NullMessageObserver()
         self._agents = agents
         self._store = store
         self._tools = tools
@@ -298,6 +302,7 @@ class Router:
 
     def _route(self, message: ACLMessage) -> None:
         self.counters["routed"] += 1
+        accepted_at = self._reactor.seconds()
         receivers, unmet = self._resolve(message)
         if message.sender != NODE:
             verdict = self._tracker.observe(message, receivers, self._reactor.seconds())
@@ -318,10 +323,16 @@ class Router:
             return
         raw = encode_body(body)
         for name in receivers:
-            self._deliver(message, raw, name, body)
+            self._deliver(message, raw, name, body, accepted_at=accepted_at)
 
     def _deliver(
-        self, message: ACLMessage, raw: bytes, name: str, body: Dict[str, Any], journaled: bool = False
+        self,
+        message: ACLMessage,
+        raw: bytes,
+        name: str,
+        body: Dict[str, Any],
+        journaled: bool = False,
+        accepted_at: Optional[float] = None,
     ) -> None:
         if name == NODE:
             # Answers to the node's own messages (an agent replying to a
@@ -343,6 +354,7 @@ class Router:
             if message.performative != "agree":
                 self._replies.fire((name, message.conversation_id), message)
             self.counters["delivered"] += 1
+            self._observer.routed("client", self._since(accepted_at))
             return
         if remote is not None:
             if self._agents.get(name) is None:
@@ -364,6 +376,10 @@ class Router:
             if not journaled:
                 self._store.journal_add(name, message.message_id, raw)
             self.counters["delivered"] += 1
+            self._observer.routed("local", self._since(accepted_at))
+
+    def _since(self, accepted_at: Optional[float]) -> Optional[float]:
+        return None if accepted_at is None else self._reactor.seconds() - accepted_at
 
     # Other nodes (SPEC 5.2) ---------------------------------------------------
 
@@ -407,6 +423,7 @@ class Router:
             self._fail(message, name, e.code, str(e))
         else:
             self.counters["forwarded"] += 1
+            self._observer.routed("remote", None)
 
     def _here(self, name: str) -> bool:
         """
@@ -453,6 +470,7 @@ class Router:
                 )
                 return
         self.counters["tool_calls"] += 1
+        self._observer.routed("tool", None)
         d = tools.call(server, tool, message.content)
         d.addCallbacks(
             self._tool_answered,
@@ -508,6 +526,7 @@ class Router:
 
     def _fail(self, message: ACLMessage, receiver: str, reason: str, detail: str) -> None:
         self.counters["failed:" + reason] += 1
+        self._observer.failed(reason)
         if message.conversation_id is not None:
             self._tracker.participant_failed(message.conversation_id, receiver)
         self._store.record_dead_letter(message_to_dict(message), receiver, reason, detail)
@@ -552,6 +571,7 @@ class Router:
         late = kind == "late"
         code = "LATE" if late else "PROTOCOL_VIOLATION"
         self.counters["failed:" + code] += 1
+        self._observer.failed(code)
         self._store.record_dead_letter(
             message_to_dict(message), ",".join(message.receiver_names()), code, reason
         )
