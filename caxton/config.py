@@ -328,6 +328,13 @@ KEYS: Tuple[Key, ...] = (
     # MCP servers agents may use (SPEC 8, docs/tools.md).
     Key("mcp.servers", _mcp_servers, ()),
     Key("mcp.timeout", parse_duration, 30.0),
+    # Tor (SPEC 9, docs/tor.md): onion services and onion seeds.
+    Key("streams.listen", _endpoints, ()),
+    Key("tor.control", _string, None),
+    Key("tor.socks", _string, None),
+    Key("tor.binary", _string, None),
+    Key("tor.torrc", _string, None),
+    Key("tor.timeout", parse_duration, 120.0),
 )
 
 #: The C{gossip.*} keys that are SWIM knobs, named as in

@@ -14,8 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.internet.endpoints import serverFromString
+from twisted.application.internet import TimerService
 
 from caxton.agents.executor import ThreadWorkers
 from caxton.agents.manager import AgentManager
@@ -23,6 +22,7 @@ from caxton.agents.runtime import WasmRuntime
 from caxton.api.app import CaxtonAPI
 from caxton.api.site import make_site
 from caxton.config import Config, ConfigError
+from caxton.endpoints import listener_service
 from caxton.router.router import Router
 from caxton.service import CaxtonService, RuntimeService, StoreService, ToolsService, data_paths
 from caxton.store.sqlite import SQLiteStore
@@ -69,13 +69,19 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
             timeout=config["mcp.timeout"],
         )
     router = Router(reactor, agents, store, tools=tools)
+    # Tor, when an onion: listener or an onion seed needs it (docs/tor.md).
+    from caxton.tor import from_config as tor_from_config
+
+    tor = tor_from_config(config, reactor)
+    if config["streams.listen"] and not config.clustered:
+        raise ConfigError("streams.listen: node streams run only in a cluster (set bind)")
     root = CaxtonService(reactor, router, config["shutdown_grace"])
     cluster = None
     if config.clustered:
         # Imported here: a node that runs alone loads no cluster code.
         from caxton.cluster.service import ClusterService
 
-        cluster = ClusterService(reactor, config, agents)
+        cluster = ClusterService(reactor, config, agents, tor=tor)
     api = CaxtonAPI(
         reactor,
         agents,
@@ -86,6 +92,7 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
         ready=lambda: root.ready,
         cluster=cluster,
         tools=tools,
+        onions=tor.onions if tor is not None else None,
     )
     site = make_site(api.resource(), config["http.max_body"], config["http.timeout"])
 
@@ -94,6 +101,8 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
     agents.setServiceParent(root)
     if tools is not None:
         ToolsService(tools).setServiceParent(root)
+    if tor is not None:
+        tor.setServiceParent(root)
     if cluster is not None:
         cluster.setServiceParent(root)
     retention = TimerService(RETENTION_INTERVAL, lambda: store.expire(reactor.seconds()))
@@ -101,14 +110,9 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
     retention.clock = reactor
     retention.setServiceParent(root)
     for i, description in enumerate(config["api"]):
-        try:
-            endpoint = serverFromString(reactor, description)
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"api: {description!r} is not a server endpoint string ({e})")
-        listener = StreamServerEndpointService(endpoint, site)
-        # Fail the start (and exit 1) when the port cannot be bound, rather
-        # than log it and run a node nobody can reach.
-        listener._raiseSynchronously = True
+        # TCP and the like bind at once (a port in use fails the start);
+        # an onion: listener is up when Tor accepted it (caxton/endpoints.py).
+        listener = listener_service(reactor, description, "api", site, tor)
         listener.setName(f"api-{i}")
         listener.setServiceParent(root)
     return root

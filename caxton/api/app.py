@@ -147,6 +147,8 @@ class CaxtonAPI:
     @param cluster: the cluster this node belongs to (by default it runs
         alone).
     @param tools: the MCP tool gateway, for C{GET /api/v1/tools}.
+    @param onions: lists the onion services the node publishes, for
+        C{GET /api/v1/cluster/status} (when the node uses Tor).
     """
 
     app = Klein()
@@ -162,6 +164,7 @@ class CaxtonAPI:
         ready: Callable[[], bool] = lambda: True,
         cluster: Optional[ICluster] = None,
         tools: Optional[IToolGateway] = None,
+        onions: Optional[Callable[[], List[Dict[str, Any]]]] = None,
     ) -> None:
         self._reactor = reactor
         self._agents = agents
@@ -172,6 +175,7 @@ class CaxtonAPI:
         self._ready = ready
         self._cluster: ICluster = cluster if cluster is not None else Standalone(agents)
         self._tools = tools
+        self._onions = onions
 
     def resource(self) -> Any:
         """
@@ -292,7 +296,10 @@ class CaxtonAPI:
         """
         Partition mode, members by state, local health, agents.
         """
-        return self._json(request, self._cluster.status())
+        status = self._cluster.status()
+        if self._onions is not None:
+            status = {**status, "onions": self._onions()}
+        return self._json(request, status)
 
     @app.route("/api/v1/cluster/join", methods=["POST"])
     async def cluster_join(self, request: Any) -> bytes:
