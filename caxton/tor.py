@@ -56,6 +56,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import attr
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, clientFromString
 from twisted.internet.error import TimeoutError as TwistedTimeoutError
 from twisted.internet.error import ProcessExitedAlready
@@ -519,7 +520,7 @@ class OnionPort:
             log.debug(
                 "removing onion service {address}: {error}", address=self.address.host, error=str(e)
             )
-        await self._local.stopListening()
+        await _maybe(self._local.stopListening())
         log.info(
             "onion service {address} removed", address=f"{self.address.host}:{self.address.port}"
         )
@@ -597,7 +598,7 @@ class OnionEndpoint:
             )
             service_id = fields["ServiceID"].strip()
         except Exception as e:
-            await local.stopListening()
+            await _maybe(local.stopListening())
             if isinstance(e, KeyError):
                 raise self._fail("Tor's answer to ADD_ONION named no service")
             raise self._fail(f"Tor refused the onion service ({_reason(e)})")
@@ -610,7 +611,7 @@ class OnionEndpoint:
                     await self.tor.command(control, f"DEL_ONION {service_id}")
                 except Exception:
                     pass
-                await local.stopListening()
+                await _maybe(local.stopListening())
                 raise self._fail(f"cannot keep the key in {spec.private_key_file} ({e})")
         wrapper.address = ViaOnion(hostname, spec.public_port)
         port = OnionPort(self.tor, self.name, control, local, wrapper.address, len(client_keys))
@@ -628,9 +629,11 @@ class OnionEndpoint:
 
 
 def _reason(error: BaseException) -> str:
-    if isinstance(error, (CancelledError, TwistedTimeoutError)):
+    if isinstance(error, (CancelledError, DeferredTimeoutError, TwistedTimeoutError)):
         return "no answer in time"
-    text = str(error) or error.__class__.__name__
+    # txtorcon's TorProtocolError puts Tor's code first; the text is Tor's
+    # own words.
+    text = getattr(error, "text", None) or str(error) or error.__class__.__name__
     return text.splitlines()[0][:300]
 
 
@@ -1060,6 +1063,13 @@ class TorService(Service):
 
 async def _await(value: Any) -> Any:
     return await value
+
+
+async def _maybe(value: Any) -> Any:
+    # IListeningPort.stopListening returns a Deferred or None.
+    if isinstance(value, Deferred):
+        return await value
+    return value
 
 
 async def _raise(error: BaseException) -> Any:
