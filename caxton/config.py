@@ -120,6 +120,13 @@ def _endpoints(value: Any) -> Tuple[str, ...]:
     return tuple(items)
 
 
+def _extra_endpoints(value: Any) -> Tuple[str, ...]:
+    # Like _endpoints, but none at all is fine (streams.listen: []).
+    if value == [] or (isinstance(value, str) and not value.strip()):
+        return ()
+    return _endpoints(value)
+
+
 #: The port SWIM and the node stream use when an address names none.
 DEFAULT_CLUSTER_PORT = 7946
 
@@ -329,7 +336,7 @@ KEYS: Tuple[Key, ...] = (
     Key("mcp.servers", _mcp_servers, ()),
     Key("mcp.timeout", parse_duration, 30.0),
     # Tor (SPEC 9, docs/tor.md): onion services and onion seeds.
-    Key("streams.listen", _endpoints, ()),
+    Key("streams.listen", _extra_endpoints, ()),
     Key("tor.control", _string, None),
     Key("tor.socks", _string, None),
     Key("tor.binary", _string, None),

@@ -1085,8 +1085,8 @@ def _quietly(d: Any) -> None:
 def from_config(config: Any, reactor: Any) -> Optional[TorService]:
     """
     The node's L{TorService} if its configuration uses Tor (an C{onion:}
-    listener in C{api} or C{streams.listen}, or a C{.onion} seed), else
-    C{None}.
+    listener in C{api} or C{streams.listen}, a C{.onion} seed, or
+    C{tor.control} or C{tor.socks} set), else C{None}.
 
     @raise ConfigError: a C{tor.*} value or an onion seed is wrong, or
         txtorcon is not installed.
@@ -1099,6 +1099,9 @@ def from_config(config: Any, reactor: Any) -> Optional[TorService]:
         onion_seeds
         or any(is_onion_endpoint(d) for d in config["api"])
         or any(is_onion_endpoint(d) for d in config["streams.listen"])
+        # Set for onion seeds given later, through the API.
+        or config["tor.control"] is not None
+        or config["tor.socks"] is not None
     )
     if not uses_tor:
         return None
