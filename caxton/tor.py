@@ -421,6 +421,8 @@ class OnionPort:
     @ivar address: the service's L{ViaOnion} address.
     @ivar published: whether a descriptor has been uploaded (the service
         is reachable over Tor).
+    @ivar lost: whether Tor dropped the service (its control connection
+        closed while the node ran).
     """
 
     def __init__(
@@ -439,6 +441,7 @@ class OnionPort:
         self.address = address
         self.client_auth = client_auth
         self.published = False
+        self.lost = False
         self.upload_failures = 0
         self._stopped = False
 
@@ -601,6 +604,8 @@ class OnionEndpoint:
             await _maybe(local.stopListening())
             if isinstance(e, KeyError):
                 raise self._fail("Tor's answer to ADD_ONION named no service")
+            if isinstance(e, (CancelledError, DeferredTimeoutError)):
+                raise self._fail(f"Tor gave no answer in time ({self.tor.timeout:.0f}s)")
             raise self._fail(f"Tor refused the onion service ({_reason(e)})")
         hostname = f"{service_id}.onion"
         if spec.private_key_file is not None and key is None:
@@ -934,8 +939,32 @@ class TorService(Service):
                 d.errback(result)
             return
         self._controls[key] = result
+        when_disconnected = getattr(result.protocol, "when_disconnected", None)
+        if callable(when_disconnected):
+            when_disconnected().addBoth(self._disconnected, key, result)
         for d in waiters:
             d.callback(result)
+
+    def _disconnected(self, reason: Any, key: Optional[str], tor: Any) -> None:
+        """
+        A control connection closed while the node runs (Tor stopped or
+        restarted): its onion services went with it.  They are not
+        published again before the node restarts; the next listener or dial
+        that needs Tor connects anew.
+        """
+        if self._closed or self._controls.get(key) is not tor:
+            return
+        del self._controls[key]
+        lost = [port for port in self._ports if port._control is tor]
+        for port in lost:
+            port.lost = True
+            port.published = False
+        log.error(
+            "Tor: the control connection to {control} closed; onion services gone from Tor until "
+            "the node restarts: {addresses}",
+            control=key or "the Tor launched for this node",
+            addresses=", ".join(f"{p.address.host}:{p.address.port}" for p in lost) or "none",
+        )
 
     async def _get(self, control: Optional[str]) -> Any:
         if control is not None:
@@ -1055,6 +1084,7 @@ class TorService(Service):
                 "address": f"{p.address.host}:{p.address.port}",
                 "local": p.local_address,
                 "published": p.published,
+                "lost": p.lost,
                 "client_auth": p.client_auth,
             }
             for p in self._ports

@@ -360,6 +360,12 @@ class FakeControl:
         self.answer = answer
         self.commands: List[str] = []
         self.listeners: Dict[str, List[Callable[[str], None]]] = {}
+        self.disconnected: Deferred = Deferred()
+
+    def when_disconnected(self) -> Deferred:
+        d: Deferred = Deferred()
+        self.disconnected.addBoth(lambda r: (d.callback(r), r)[1])
+        return d
 
     def queue_command(self, command: str) -> Deferred:
         self.commands.append(command)
@@ -520,6 +526,7 @@ class OnionEndpointTests(SynchronousTestCase):
                 "address": f"{ONION}.onion:80",
                 "local": "0.0.0.0:8123",
                 "published": False,
+                "lost": False,
                 "client_auth": 0,
             },
         )
@@ -667,6 +674,25 @@ class OnionEndpointTests(SynchronousTestCase):
         factory.buildProtocol = lambda addr: None
         self.assertIsNone(wrapper.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001)))
 
+    def test_tor_goes_away(self) -> None:
+        """
+        When the control connection closes under the node, its services
+        are marked lost (and not published), an error is logged, and the
+        next listener connects anew.
+        """
+        from twisted.logger import capturedLogs
+
+        self.successResultOf(self.listen("onion:80"))
+        self.control.event("HS_DESC", f"UPLOADED {ONION} UNKNOWN $CCCC")
+        with capturedLogs() as events:
+            self.control.disconnected.callback(None)
+        [onion] = self.tor.onions()
+        self.assertEqual((onion["published"], onion["lost"]), (False, True))
+        self.assertEqual([e["log_level"].name for e in events], ["error"])
+        self.assertIn(f"{ONION}.onion:80", events[0]["addresses"])
+        self.successResultOf(self.listen("onion:81"))
+        self.assertEqual(len(self.txtorcon.connected), 2)
+
     def test_close(self) -> None:
         """
         Closing the Tor service removes what is still published and closes
@@ -763,6 +789,7 @@ class RealTorTestCase(unittest.TestCase):
 
         process = TorProcess(global_reactor, TOR, os.path.join(self.base, "tor"), torrc=self.torrc)
         self.addCleanup(process.stop)
+        self.tor_process = process
         control = await process.start(60.0)
         tor = await txtorcon.connect(global_reactor, clientFromString(global_reactor, control))
         self.addCleanup(lambda: tor.protocol.transport.loseConnection())
@@ -798,7 +825,7 @@ class RealTorTestCase(unittest.TestCase):
         environ = dict(os.environ)
         environ["PYTHONPATH"] = REPO + os.pathsep + environ.get("PYTHONPATH", "")
         environ.update(env or {})
-        argv = [sys.executable, "-m", "twisted", "caxton", "--data-dir", self.mktemp(),
+        argv = [sys.executable, "-m", "twisted", "caxton", "--data-dir", os.path.abspath(self.mktemp()),
                 "--api", "tcp:0:interface=127.0.0.1", *args]
         process = global_reactor.spawnProcess(output, sys.executable, argv, env=environ, path=REPO)
         timer = global_reactor.callLater(90, lambda: process.signalProcess("KILL"))
@@ -886,6 +913,23 @@ class OnionAPITests(RealTorTestCase):
         _, client = await self.node(["--api", f"onion:80:controlPort={port}:clientAuthFile={clients}"])
         [onion] = (await self.status(client))["onions"]
         self.assertEqual(onion["client_auth"], 2)
+
+    async def test_tor_stops_under_the_node(self) -> None:
+        """
+        When the Tor the node uses stops, the node keeps running and lists
+        its service as lost (no longer published).
+        """
+        control, _ = await self.start_tor()
+        port = control.rsplit(":", 1)[1]
+        _, client = await self.node(["--api", f"onion:80:controlPort={port}"])
+        await self.tor_process.stop()
+        for _ in range(100):
+            [onion] = (await self.status(client))["onions"]
+            if onion["lost"]:
+                break
+            await deferLater(global_reactor, 0.1, lambda: None)
+        self.assertEqual((onion["lost"], onion["published"]), (True, False))
+        self.assertEqual(await client.get("/ready"), (200, {"ready": True}))
 
     async def test_launched_tor(self) -> None:
         """
