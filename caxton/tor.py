@@ -6,10 +6,10 @@ An C{onion:} endpoint string, wherever the node listens (C{api},
 C{streams.listen}), publishes that listener as a Tor onion service.  The
 grammar is txtorcon's, e.g. C{onion:80}, C{onion:80:controlPort=9051},
 C{onion:7946:privateKeyFile=/var/lib/caxton/streams.onion-key}, and the work
-goes through txtorcon (its control-port client, its launcher, its SOCKS
-client), but the endpoint is this module's L{OnionEndpoint}, not txtorcon's
-C{onion:} plugin, for three reasons found by trying that plugin against
-Debian's Tor 0.4.9:
+goes through txtorcon (its control-port client and its SOCKS client), but
+the endpoint is this module's L{OnionEndpoint}, not txtorcon's C{onion:}
+plugin, for three reasons found by trying that plugin against Debian's Tor
+0.4.9:
 
   - txtorcon's C{listen()} fires only once a descriptor has been uploaded
     to a directory.  That takes tens of seconds on a good day and never
@@ -18,7 +18,9 @@ Debian's Tor 0.4.9:
   - without C{version=3} it asks for a version 2 service (Tor dropped
     those in 0.4.6) and turns a bare C{privateKey=} into an RSA one;
   - without C{controlPort=} it launches a process-wide Tor with no time
-    limit.
+    limit, and C{txtorcon.launch} waits for a full bootstrap, which an
+    onion service does not need (L{TorProcess} launches one that is ready
+    as soon as its control port is).
 
 Here a listener is up, and the node ready, as soon as Tor has accepted the
 service (C{ADD_ONION}): its address is known and logged at once, and the
