@@ -135,6 +135,13 @@ def _endpoints(value: Any) -> Tuple[str, ...]:
     return tuple(items)
 
 
+def _extra_endpoints(value: Any) -> Tuple[str, ...]:
+    # Like _endpoints, but none at all is fine (streams.listen: []).
+    if value == [] or (isinstance(value, str) and not value.strip()):
+        return ()
+    return _endpoints(value)
+
+
 #: The port SWIM and the node stream use when an address names none.
 DEFAULT_CLUSTER_PORT = 7946
 
@@ -362,6 +369,13 @@ KEYS: Tuple[Key, ...] = (
     Key("events.max_subscribers", parse_count, 64),
     Key("events.max_pending", parse_size, 1024**2),
     Key("events.keepalive", parse_duration, 15.0),
+    # Tor (SPEC 9, docs/tor.md): onion services and onion seeds.
+    Key("streams.listen", _extra_endpoints, ()),
+    Key("tor.control", _string, None),
+    Key("tor.socks", _string, None),
+    Key("tor.binary", _string, None),
+    Key("tor.torrc", _string, None),
+    Key("tor.timeout", parse_duration, 120.0),
 )
 
 #: The C{gossip.*} keys that are SWIM knobs, named as in

@@ -14,8 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.internet.endpoints import serverFromString
+from twisted.application.internet import TimerService
 
 from caxton.agents.executor import ThreadWorkers
 from caxton.agents.manager import AgentManager
@@ -29,6 +28,7 @@ from caxton.observability.events import AgentEvents, EventHub, MembershipEvents
 from caxton.observability.metrics import NodeMetrics
 from caxton.observability.service import ObservabilityService
 from caxton.observability.web import MeasuredResource
+from caxton.endpoints import listener_service
 from caxton.router.router import Router
 from caxton.service import CaxtonService, RuntimeService, StoreService, ToolsService, data_paths
 from caxton.store.sqlite import SQLiteStore
@@ -84,13 +84,19 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
         keepalive=config["events.keepalive"],
     )
     router = Router(reactor, agents, store, tools=tools, observer=metrics.messages)
+    # Tor, when an onion: listener or an onion seed needs it (docs/tor.md).
+    from caxton.tor import from_config as tor_from_config
+
+    tor = tor_from_config(config, reactor)
+    if config["streams.listen"] and not config.clustered:
+        raise ConfigError("streams.listen: node streams run only in a cluster (set bind)")
     root = CaxtonService(reactor, router, config["shutdown_grace"])
     cluster = None
     if config.clustered:
         # Imported here: a node that runs alone loads no cluster code.
         from caxton.cluster.service import ClusterService
 
-        cluster = ClusterService(reactor, config, agents, store, router)
+        cluster = ClusterService(reactor, config, agents, store, router, tor=tor)
         cluster.listeners.append(MembershipEvents(events))
     metrics.watch_agents(agents)
     metrics.watch_cluster(cluster if cluster is not None else Standalone(agents))
@@ -110,6 +116,7 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
         audit=guard.audit,
         metrics=metrics,
         events=events,
+        onions=tor.onions if tor is not None else None,
     )
 
     StoreService(store).setServiceParent(root)
@@ -121,6 +128,8 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
     agents.setServiceParent(root)
     if tools is not None:
         ToolsService(tools).setServiceParent(root)
+    if tor is not None:
+        tor.setServiceParent(root)
     if cluster is not None:
         cluster.setServiceParent(root)
     retention = TimerService(RETENTION_INTERVAL, lambda: store.expire(reactor.seconds()))
@@ -132,20 +141,15 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
     # before the others, ending the event streams.
     ObservabilityService(events, AgentEvents(events, config["node_id"]), agents).setServiceParent(root)
     for i, description in enumerate(config["api"]):
-        try:
-            endpoint = serverFromString(reactor, description)
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"api: {description!r} is not a server endpoint string ({e})")
         # Metrics outermost, so requests refused by the guard are counted too.
         site = guard.site(
             api.resource(),
             description,
             wrap=lambda inner: MeasuredResource(inner, metrics.api, CaxtonAPI.app.url_map, reactor),
         )
-        listener = StreamServerEndpointService(endpoint, site)
-        # Fail the start (and exit 1) when the port cannot be bound, rather
-        # than log it and run a node nobody can reach.
-        listener._raiseSynchronously = True
+        # TCP and the like bind at once (a port in use fails the start);
+        # an onion: listener is up when Tor accepted it (caxton/endpoints.py).
+        listener = listener_service(reactor, description, "api", site, tor)
         listener.setName(f"api-{i}")
         listener.setServiceParent(root)
     return root

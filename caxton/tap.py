@@ -46,8 +46,8 @@ class Options(usage.Options):
     def opt_api(self, endpoint: str) -> None:
         """
         A Twisted server endpoint string for the REST API, e.g.
-        tcp:8080:interface=0.0.0.0 (repeatable; default
-        tcp:8080:interface=127.0.0.1).
+        tcp:8080:interface=0.0.0.0, or onion:80 for a Tor onion service
+        (repeatable; default tcp:8080:interface=127.0.0.1).
         """
         self["api"].append(endpoint)
 

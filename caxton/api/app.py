@@ -176,6 +176,8 @@ class CaxtonAPI:
         only).
     @param events: the node's L{caxton.observability.events.EventHub}, for
         C{GET /api/v1/events} (by default, a hub nothing publishes to).
+    @param onions: lists the onion services the node publishes, for
+        C{GET /api/v1/cluster/status} (when the node uses Tor).
     """
 
     app = Klein()
@@ -195,6 +197,7 @@ class CaxtonAPI:
         audit: Any = None,
         metrics: Any = None,
         events: Any = None,
+        onions: Optional[Callable[[], List[Dict[str, Any]]]] = None,
     ) -> None:
         self._reactor = reactor
         self._agents = agents
@@ -214,6 +217,7 @@ class CaxtonAPI:
             self._metrics.watch_cluster(self._cluster)
         if events is None:
             self._events = EventHub(reactor)
+        self._onions = onions
 
     def resource(self) -> Any:
         """
@@ -353,7 +357,10 @@ class CaxtonAPI:
         """
         Partition mode, members by state, local health, agents.
         """
-        return self._json(request, self._cluster.status())
+        status = self._cluster.status()
+        if self._onions is not None:
+            status = {**status, "onions": self._onions()}
+        return self._json(request, status)
 
     @app.route("/api/v1/cluster/join", methods=["POST"])
     async def cluster_join(self, request: Any) -> bytes:

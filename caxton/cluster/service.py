@@ -13,6 +13,10 @@ L{ClusterService} owns the pieces and their order:
   4. a join through the seeds, retried with back-off, in the background
      (a node whose seeds are all down still starts, and keeps trying).
 
+With Tor (docs/tor.md), the node streams also listen on the endpoints of
+C{streams.listen} (an onion service), and C{.onion} seeds are dialed
+through Tor: a join's push-pull can cross Tor, SWIM's UDP cannot.
+
 It is the core's L{ISwimTransport}: packets go out through the datagram
 protocol, push-pull and fallback pings through the node streams.  And it is
 the API's L{ICluster}: members, status, health, join and leave.
@@ -31,7 +35,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ClientEndpoint,
+    TCP6ServerEndpoint,
+)
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
@@ -43,6 +52,7 @@ from caxton.cluster.pki import NodeTLS
 from caxton.cluster.registry import Registry
 from caxton.cluster.stream import Kind, NodeStreams
 from caxton.config import Config, ConfigError
+from caxton.endpoints import ListenAll, server_endpoint
 from caxton.errors import InvalidRequest, Unreachable
 from caxton.swim.codec import MAX_UINT32
 from caxton.swim.config import SwimConfig, profile
@@ -164,12 +174,21 @@ class ClusterService(Service):
     @param router: the node's router: messages for other nodes come from
         it and arrive through it.  Without both, the node takes part in
         membership and the registry but routes no messages.
+    @param tor: the node's L{caxton.tor.TorService}, when it uses Tor:
+        for the C{onion:} endpoints of C{streams.listen} and to dial
+        C{.onion} seeds (docs/tor.md).
     """
 
     name = "cluster"
 
     def __init__(
-        self, reactor: Any, config: Config, agents: Any, store: Any = None, router: Any = None
+        self,
+        reactor: Any,
+        config: Config,
+        agents: Any,
+        store: Any = None,
+        router: Any = None,
+        tor: Any = None,
     ) -> None:
         self._reactor = reactor
         self._agents = agents
@@ -202,6 +221,13 @@ class ClusterService(Service):
         self._seeds: Tuple[Tuple[str, int], ...] = config["gossip.seeds"]
         self._join_retry_max: float = config["gossip.join_retry_max"]
         self._key_file: Optional[str] = config["gossip.key_file"]
+        self._tor = tor
+        # Extra listeners of the node streams (an onion service, say), with
+        # the same TLS on top (docs/tor.md).
+        self._stream_listeners = [
+            server_endpoint(reactor, description, "streams.listen", tor)
+            for description in config["streams.listen"]
+        ]
         self.tls = NodeTLS(config["tls_dir"] or "")
         self._tls_given = config["tls_dir"] is not None
         self._rng = random.Random()
@@ -307,12 +333,16 @@ class ClusterService(Service):
         for attempt in range(BIND_ATTEMPTS):
             self._port = self._reactor.listenUDP(wanted, self.udp, interface=host, maxPacketSize=65535)
             port = self._port.getHost().port
+            endpoint = endpoint_type(self._reactor, port, interface=host)
+            if self._stream_listeners:
+                endpoint = ListenAll([endpoint, *self._stream_listeners])
             self.streams = NodeStreams(
                 self._reactor,
                 self.node_id,
                 self.cluster_name,
                 self.tls,
-                endpoint_type(self._reactor, port, interface=host),
+                endpoint,
+                connect=self._stream_endpoint,
                 connect_timeout=self.swim_config.tcp_timeout,
             )
             self.streams.register_handler(Kind.PUSH_PULL, self._push_pull_received)
@@ -333,6 +363,18 @@ class ClusterService(Service):
                 raise
             return host, port
         raise AssertionError("unreachable")
+
+    def _stream_endpoint(self, addr: Address) -> Any:
+        """
+        How to reach a node stream at C{addr}: through Tor for a C{.onion}
+        seed, over TCP otherwise.
+        """
+        if addr.host.endswith(".onion") and self._tor is not None:
+            return self._tor.client_endpoint(addr.host, addr.port)
+        timeout = self.swim_config.tcp_timeout
+        if ":" in addr.host:
+            return TCP6ClientEndpoint(self._reactor, addr.host, addr.port, timeout=timeout)
+        return TCP4ClientEndpoint(self._reactor, addr.host, addr.port, timeout=timeout)
 
     def _start_membership(self) -> None:
         """
@@ -432,6 +474,16 @@ class ClusterService(Service):
         """
         found = []
         for host, port in seeds:
+            if host.lower().endswith(".onion"):
+                # Never resolved (that would tell DNS): Tor dials it.
+                if self._tor is None:
+                    log.warn(
+                        "cannot reach seed {seed}: this node has no Tor (docs/tor.md)",
+                        seed=f"{host}:{port}",
+                    )
+                else:
+                    found.append(Address(host.lower(), port))
+                continue
             try:
                 ip = str(ipaddress.ip_address(host))
             except ValueError:
@@ -459,7 +511,11 @@ class ClusterService(Service):
         async def go() -> None:
             delay = 1.0
             while self._join_token is token and self._in_cluster():
-                addresses = [a for a in await self._addresses(seeds) if a != self.address]
+                addresses = [
+                    a
+                    for a in await self._addresses(seeds)
+                    if a != self.address and not self._is_me((a.host, a.port))
+                ]
                 if not addresses and all(self._is_me(seed) for seed in seeds):
                     log.info("the only seed is this node: it starts the cluster")
                     return
@@ -493,6 +549,8 @@ class ClusterService(Service):
 
     def _is_me(self, seed: Tuple[str, int]) -> bool:
         host, port = seed
+        if self._tor is not None and (host.lower(), port) in self._tor.hostnames("streams.listen"):
+            return True
         if self.address is None or port != self.address.port:
             return False
         try:
