@@ -245,7 +245,7 @@ class Progress:
 
     def _tick(self) -> None:
         elapsed = self._clock.seconds() - (self._waiting_since or 0.0)
-        self._show(f"{self._what}: uploaded {output.size(self._total)}; the node is compiling… {int(elapsed)}s")
+        self._show(f"{self._what}: uploaded {output.size(self._total)}; the node is compiling… {round(elapsed)}s")
         if self.enabled:
             self._timer = self._clock.callLater(1.0, self._tick)
 
