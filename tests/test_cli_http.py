@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 from typing import Any, Dict, List, Optional
 
 from twisted.internet import reactor
@@ -17,13 +18,14 @@ from twisted.internet.error import ConnectionRefusedError, DNSLookupError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 from treq.testing import StubTreq
 
 from caxton.cli.errors import CommandError, UsageError
 from caxton.cli.http import APIError, NodeClient, Settings, describe_error, settings
 from caxton.cli.main import build_parser, main
-from tests.clirunner import caxton
+from tests.clirunner import caxton, start
+from tests.wasmbuild import example
 
 
 class FakeNode(Resource):
@@ -317,10 +319,32 @@ class _Unauthorized(Resource):
         return _error("UNAUTHORIZED", "unknown API key")
 
 
-class TokenCommandTests(TestCase):
+class _Hanging(Resource):
     """
-    A node that refuses the token, as the command reports it: exit 1 and
-    the line, the token taken from C{--token} or C{CAXTON_TOKEN}.
+    Takes a request and never answers it.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived: Deferred = Deferred()
+        self.requests: List[Any] = []
+
+    def render(self, request: Any) -> Any:
+        self.requests.append(request)
+        body = request.content.read()
+        if not self.arrived.called:
+            self.arrived.callback(body)
+        return NOT_DONE_YET
+
+
+class FakeNodeCommandTests(TestCase):
+    """
+    Commands against fake nodes in the test: one that refuses the token
+    (exit 1 and the line, the token taken from C{--token} or
+    C{CAXTON_TOKEN}), one that never answers a deploy (Ctrl-C ends it
+    cleanly).
     """
 
     timeout = 60
@@ -346,3 +370,23 @@ class TokenCommandTests(TestCase):
             err, "caxton: the node requires an API token: pass --token or set CAXTON_TOKEN [UNAUTHORIZED: unknown API key]\n"
         )
         self.assertEqual(fake.tokens, ["Bearer from-env", None])
+
+    async def test_interrupted_deploy(self) -> None:
+        """
+        Ctrl-C while the node compiles: exit 1 and a line saying the node
+        carries on and how to look; no traceback.
+        """
+        fake = _Hanging()
+        port = reactor.listenTCP(0, Site(fake), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: [r.channel.transport.loseConnection() for r in fake.requests if r.channel])
+        url = f"http://127.0.0.1:{port.getHost().port}"
+        command = start(self, ["agents", "deploy", example("wat", "echo.wat"), "--name", "echo", "--url", url])
+        body = await fake.arrived
+        self.assertIn(b'{"name": "echo"}', body)
+        self.assertIn(b"\0asm", body)
+        self.assertEqual(await command.signal(signal.SIGINT), 1)
+        self.assertEqual(
+            (command.out, command.err),
+            ("", "caxton: interrupted; the node finishes the deploy anyway: see 'caxton agents show echo'\n"),
+        )

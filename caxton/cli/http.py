@@ -64,6 +64,8 @@ def _url(value: str) -> str:
         parts.port
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} has a bad port") from None
+    if parts.netloc.endswith(":"):
+        raise argparse.ArgumentTypeError(f"{value!r} has an empty port")
     if parts.query or parts.fragment:
         raise argparse.ArgumentTypeError(f"{value!r}: give the node's base URL, without ? or #")
     return value.strip().rstrip("/")
