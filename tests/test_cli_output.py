@@ -360,6 +360,10 @@ class SendTests(SynchronousTestCase):
                                    "sender": "client:al", "conversation_id": "c", "protocol": "fipa-request",
                                    "reply_by": "2030-01-01T00:01:30.000Z"})
         self.assertIsNone(args.wait)
+        args = build_parser().parse_args(["send", "--to", "a", "-p", "cancel"])
+        self.assertEqual(message_from_args(args), {"performative": "cancel", "receiver": "a"})
+        args = build_parser().parse_args(["send", "--to", "a", "-p", "inform", "-c", "null"])
+        self.assertEqual(message_from_args(args), {"performative": "inform", "receiver": "a", "content": None})
         self.assertEqual(build_parser().parse_args(["send", "--to", "a", "-p", "inform", "-c", "1", "--wait"]).wait, 30.0)
 
     def test_receiver(self) -> None:

@@ -119,8 +119,9 @@ def message_from_args(args: argparse.Namespace, now: Optional[datetime] = None) 
     message: Dict[str, Any] = {
         "performative": args.performative,
         "receiver": receiver(args.to, args.all),
-        "content": args.content,
     }
+    if hasattr(args, "content"):
+        message["content"] = args.content
     for key, value in (
         ("sender", args.sender),
         ("conversation_id", args.conversation),
@@ -414,7 +415,12 @@ def register(subparsers: Any) -> None:
     command.add_argument("--all", action="store_true", help="with --to capability:C: every agent offering C")
     command.add_argument("--performative", "-p", required=True, type=_performative, metavar="P", help="request, inform, cfp, ...")
     command.add_argument(
-        "--content", "-c", required=True, type=_content, metavar="JSON", help='the content, as JSON: \'{"text": "hi"}\''
+        "--content",
+        "-c",
+        type=_content,
+        default=argparse.SUPPRESS,
+        metavar="JSON",
+        help='the content, as JSON: \'{"text": "hi"}\' (none if not given)',
     )
     command.add_argument("--sender", type=_client_name, metavar="client:NAME", help="send as this client (the node's default is client:api)")
     command.add_argument("--conversation", type=_name, metavar="ID", help="the conversation id (the node makes one up if not given)")
