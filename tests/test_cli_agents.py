@@ -89,7 +89,7 @@ class AgentCommandTests(unittest.TestCase):
         self.assertEqual((shown["name"], shown["status"], shown["version"], shown["capabilities"], shown["config"]),
                          ("echo", "running", "1", "echo", '{"greeting": "hi"}'))
         self.assertIn("memory 2 MiB", shown["limits"])
-        self.assertRegex(shown["created"], r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(\d+(\.\d)?(ms|s) ago\)$")
+        self.assertRegex(shown["created"], r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(\d[0-9a-z.]* ago\)$")
 
         out = await self.run_ok("agents", "stop", "echo")
         self.assertEqual(out.strip(), "agent echo: stopped")

@@ -6,8 +6,13 @@ child process) against two real clustered node processes.
 from __future__ import annotations
 
 import json
+import signal
+from typing import Tuple
+
+from twisted.internet.defer import ensureDeferred
 
 from tests.clirunner import caxton, fields, table
+from tests.nodes import Client, NodeProcess
 from tests.test_cluster import ClusterTestCase
 
 
@@ -15,7 +20,23 @@ class ClusterCommandTests(ClusterTestCase):
     """
     Two nodes that start apart: one joins the other with C{caxton cluster
     join}, both are listed, then it leaves with C{caxton cluster leave}.
+
+    The nodes keep the default (C{lan}) SWIM timings: nothing here waits
+    for gossip to converge (a join is one push-pull, answered before the
+    command returns), and slower probes are less likely to suspect a
+    member of a busy machine.
     """
+
+    async def started(self, node_id: str) -> Tuple[NodeProcess, Client]:
+        """
+        Start clustered node C{node_id}; killed when the test ends.
+        """
+        args = ["--node-id", node_id, "--bind", "127.0.0.1:0", "--tls-dir", self.certificate(node_id),
+                "--gossip-key-file", self.key_file]
+        process = NodeProcess(self.mktemp(), args)
+        self.addCleanup(lambda: ensureDeferred(process.stop(signal.SIGKILL)))
+        await process.start()
+        return process, Client(process.url)
 
     async def test_join_members_status_leave(self) -> None:
         """
@@ -23,8 +44,8 @@ class ClusterCommandTests(ClusterTestCase):
         members and status show the cluster as a table and as the API's
         JSON; leave prints that the node left, and status says so.
         """
-        _, one = await self.node("n1")
-        _, two = await self.node("n2")
+        _, one = await self.started("n1")
+        _, two = await self.started("n2")
         address = await self.gossip_address(one)
 
         status, out, err = await caxton("cluster", "join", address, "--url", two.url)
@@ -32,9 +53,12 @@ class ClusterCommandTests(ClusterTestCase):
         self.assertEqual(out, "joined through 1 of 1 seed; this node knows 2 members\n")
 
         rows = table((await caxton("--url", two.url, "cluster", "members"))[1])
-        self.assertEqual([(r["id"], r["address"], r["state"]) for r in rows],
-                         [("n1", address, "alive"), ("n2 *", await self.gossip_address(two), "alive")])
-        self.assertRegex(rows[0]["since"], r"^\d+(\.\d)?(ms|s) ago$")
+        self.assertEqual([(r["id"], r["address"]) for r in rows],
+                         [("n1", address), ("n2 *", await self.gossip_address(two))])
+        # n1 may be suspected for a moment on a busy machine.
+        self.assertIn(rows[0]["state"], ("alive", "suspect"))
+        self.assertEqual(rows[1]["state"], "alive")
+        self.assertRegex(rows[0]["since"], r"^\d[0-9a-z.]* ago$")
         status, out, err = await caxton("cluster", "members", "--json", "--url", two.url)
         members = json.loads(out)["members"]
         self.assertEqual([(m["id"], m["self"]) for m in members], [("n1", False), ("n2", True)])
@@ -44,7 +68,7 @@ class ClusterCommandTests(ClusterTestCase):
             (shown["node"], shown["clustered"], shown["cluster"], shown["address"], shown["encrypted"], shown["left"]),
             ("n2", "yes", "caxton", await self.gossip_address(two), "yes", "no"),
         )
-        self.assertTrue(shown["members"].startswith("2 alive"), shown)
+        self.assertRegex(shown["members"], r"^(2 alive, 0 suspect|1 alive, 1 suspect), 0 dead, 0 left$")
 
         status, out, err = await caxton("cluster", "leave", "--url", two.url)
         self.assertEqual((status, out, err), (0, "left the cluster; the node runs alone until it joins again\n", ""))
