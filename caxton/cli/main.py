@@ -34,6 +34,10 @@ __all__ = ["main", "run", "build_parser", "CommandError", "UsageError"]
 
 #: Modules that register commands, in the order their help lists them.
 COMMAND_MODULES: Sequence[str] = (
+    "caxton.cli.agents",
+    "caxton.cli.messages",
+    "caxton.cli.cluster",
+    "caxton.cli.events",
     "caxton.cli.certs",
     "caxton.cli.gossip",
     "caxton.cli.keys",
@@ -70,8 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     """
     parser = _Parser(
         prog=PROG,
-        description="Caxton: make a cluster's certificates, gossip keys and API keys.",
+        description=(
+            "Caxton: drive a node through its API (agents, messages, conversations, "
+            "cluster, events), and make a cluster's certificates and keys."
+        ),
     )
+    # --url, --token, --json, --timeout before the command too (each
+    # command that talks to a node takes them after it as well).
+    from caxton.cli.http import add_node_options
+
+    add_node_options(parser)
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", parser_class=_Parser
     )
