@@ -183,3 +183,36 @@ class CrashTests(RoutingTestCase):
 
 def _index(failure: Dict[str, Any], ids: List[str]) -> int:
     return ids.index(failure["content"]["message_id"])
+
+
+class SameNameTests(RoutingTestCase):
+    async def test_one_name_on_two_nodes(self) -> None:
+        """
+        Two clusters that each deployed "echo" join: every node sends
+        messages for "echo" to the agent on the node whose id sorts first
+        (n2), the loser's own node included; the other agent gets none.
+        """
+        _, c1 = await self.node("n1")
+        address = await self.gossip_address(c1)
+        _, c3 = await self.node("n3", join=(address,))
+        _, c2 = await self.node("n2")
+        await self.all_see([c1, c3], "n3", "alive")
+        for client in (c2, c3):
+            status, body = await client.deploy("echo", ECHO)
+            self.assertEqual(status, 201, body)
+        status, body = await c2.post("/api/v1/cluster/join", {"seeds": [address]})
+        self.assertEqual(status, 200, body)
+        for node in ("n2", "n3"):
+            await self.listed_everywhere([c1, c2, c3], "echo", node)
+
+        for i, client in enumerate((c1, c3, c2)):
+            status, body = await client.post(
+                "/api/v1/agents/echo/invoke", {"content": i, "sender": f"client:c{i}"}
+            )
+            self.assertEqual(status, 200, body)
+            self.assertEqual(body["reply"]["performative"], "inform", body)
+        _, winner = await c2.get("/api/v1/agents/echo")
+        _, loser = await c3.get("/api/v1/agents/echo")
+        self.assertEqual((winner["node"], loser["node"]), ("n2", "n3"))
+        self.assertEqual(winner["counters"]["handled"], 3)
+        self.assertEqual(loser["counters"]["handled"], 0)
