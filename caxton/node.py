@@ -100,6 +100,15 @@ def build_node(config: Config, reactor: Any) -> CaxtonService:
         cluster.listeners.append(MembershipEvents(events))
     metrics.watch_agents(agents)
     metrics.watch_cluster(cluster if cluster is not None else Standalone(agents))
+    if cluster is not None and cluster.courier is not None:
+        courier = cluster.courier
+        metrics.add_queue("outbox", lambda: courier.queues().values(), config["cluster.max_queue"])
+        metrics.add_gauge(
+            "caxton_cluster_messages",
+            "Messages between nodes, by what happened to them (courier counters).",
+            ["event"],
+            lambda: [((event,), float(count)) for event, count in sorted(courier.counters.items())],
+        )
     # API keys, rate limits, the audit log, slow clients (docs/security.md).
     guard = Guard(config, reactor, CaxtonAPI.app.url_map)
     api = CaxtonAPI(
