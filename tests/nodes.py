@@ -107,12 +107,26 @@ class NodeProcess(ChildProcess):
     @param data_dir: its data directory (kept across restarts).
     @param args: extra command-line options.
     @param env: extra environment variables.
+    @param api_host: the address its API listens on (and is reached at).
+    @param wrapper: a command the node runs under (C{ip netns exec NS}).
+    @param token: an API key, for a node that is not reached from loopback.
     """
 
-    def __init__(self, data_dir: str, args: List[str] = (), env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        args: List[str] = (),
+        env: Optional[Dict[str, str]] = None,
+        api_host: str = "127.0.0.1",
+        wrapper: List[str] = (),
+        token: Optional[str] = None,
+    ) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.args = list(args)
         self.env = dict(env or {})
+        self.api_host = api_host
+        self.wrapper = list(wrapper)
+        self.token = token
         self.url: Optional[str] = None
         self._process: Any = None
         self._output: Optional[_Output] = None
@@ -133,6 +147,7 @@ class NodeProcess(ChildProcess):
         env.update(self.env)
         self._output = _Output()
         argv = [
+            *self.wrapper,
             sys.executable,
             "-m",
             "twisted",
@@ -140,10 +155,10 @@ class NodeProcess(ChildProcess):
             "--data-dir",
             self.data_dir,
             "--api",
-            "tcp:0:interface=127.0.0.1",
+            f"tcp:0:interface={self.api_host}",
             *self.args,
         ]
-        self._process = reactor.spawnProcess(self._output, sys.executable, argv, env=env, path=REPO)
+        self._process = reactor.spawnProcess(self._output, argv[0], argv, env=env, path=REPO)
         timer = reactor.callLater(timeout, self._output.port.cancel)
         try:
             port = await self._output.port
@@ -153,8 +168,8 @@ class NodeProcess(ChildProcess):
         finally:
             if timer.active():
                 timer.cancel()
-        self.url = f"http://127.0.0.1:{port}"
-        client = Client(self.url)
+        self.url = f"http://{self.api_host}:{port}"
+        client = Client(self.url, token=self.token)
         for _ in range(int(timeout * 10)):
             try:
                 response = await client.get("/ready")
@@ -171,8 +186,9 @@ class Client:
     A JSON client for one node's API.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: Optional[str] = None) -> None:
         self.url = url
+        self.token = token
         pool = HTTPConnectionPool(reactor, persistent=False)
         self._http = treq.client.HTTPClient(Agent(reactor, pool=pool))
 
@@ -183,6 +199,8 @@ class Client:
         """
         data = raw
         all_headers = {"content-type": "application/json"}
+        if self.token:
+            all_headers["authorization"] = f"Bearer {self.token}"
         all_headers.update(headers or {})
         if body is not None:
             data = json.dumps(body).encode("utf-8")

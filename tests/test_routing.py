@@ -6,16 +6,22 @@ streams, kill -9 and restarts, checked through the nodes' REST APIs.
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import subprocess
+import time
 from collections import Counter
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
+from unittest import SkipTest
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 
-from tests.nodes import Client
-from tests.test_cluster import ClusterTestCase
+from caxton.auth.keys import KeyFile
+from tests.nodes import Client, NodeProcess
+from tests.test_cluster import FAST, ClusterTestCase
 from tests.wasmbuild import example, wat_module
 
 ECHO = wat_module(example("wat", "echo.wat"))
@@ -216,3 +222,136 @@ class SameNameTests(RoutingTestCase):
         self.assertEqual((winner["node"], loser["node"]), ("n2", "n3"))
         self.assertEqual(winner["counters"]["handled"], 3)
         self.assertEqual(loser["counters"]["handled"], 0)
+
+
+class _Namespace:
+    """
+    A network namespace the test makes, joined to this one by two veth
+    pairs: the cluster link (10.201.0.1 here, .2 there), which the test
+    cuts, and the management link (10.202.0.x) the test reaches the
+    node's API over.  Cutting takes the namespace's end of the cluster
+    link down: packets both ways are lost, silently, as in a real
+    partition.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def _ip(self, *args: str, inside: bool = False) -> None:
+        argv = (["ip", "netns", "exec", self.name] if inside else []) + ["ip", *args]
+        subprocess.run(argv, check=True, capture_output=True, timeout=10)
+
+    def create(self) -> None:
+        self._ip("netns", "add", self.name)
+        for link, net in (("g", "10.201.0"), ("m", "10.202.0")):
+            here, there = f"{self.name}{link}0", f"{self.name}{link}1"
+            self._ip("link", "add", here, "type", "veth", "peer", "name", there)
+            self._ip("link", "set", there, "netns", self.name)
+            self._ip("addr", "add", f"{net}.1/24", "dev", here)
+            self._ip("link", "set", here, "up")
+            self._ip("addr", "add", f"{net}.2/24", "dev", there, inside=True)
+            self._ip("link", "set", there, "up", inside=True)
+        self._ip("link", "set", "lo", "up", inside=True)
+
+    def cut(self, down: bool = True) -> None:
+        self._ip("link", "set", f"{self.name}g1", "down" if down else "up", inside=True)
+
+    def destroy(self) -> None:
+        for link in ("g", "m"):
+            subprocess.run(["ip", "link", "del", f"{self.name}{link}0"], capture_output=True, timeout=10)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=10)
+
+
+class PartitionTests(RoutingTestCase):
+    timeout = 400
+
+    def setUp(self) -> None:
+        super().setUp()
+        if os.geteuid() != 0 or shutil.which("ip") is None:
+            raise SkipTest("a partition needs a network namespace: root and iproute2's ip")
+        self.netns = _Namespace(f"cx{os.getpid() % 100000}")
+        try:
+            self.netns.create()
+        except (subprocess.CalledProcessError, OSError) as e:
+            self.netns.destroy()
+            raise SkipTest(f"cannot make a network namespace here: {e}")
+        self.addCleanup(self.netns.destroy)
+
+    async def start(self, node_id: str, host: str, join: Tuple[str, ...] = (), inside: bool = False) -> Tuple[NodeProcess, Client]:
+        data_dir = self.mktemp()
+        token = None
+        wrapper: List[str] = []
+        api_host = "127.0.0.1"
+        if inside:
+            # Reached from outside its host: protected mode needs a key.
+            _, token = KeyFile.in_data_dir(data_dir).create("test", "admin", time.time())
+            wrapper = ["ip", "netns", "exec", self.netns.name]
+            api_host = "10.202.0.2"
+        args = ["--node-id", node_id, "--bind", f"{host}:0", "--tls-dir", self.certificate(node_id),
+                "--gossip-key-file", self.key_file]
+        if join:
+            args += ["--join", ",".join(join)]
+        process = NodeProcess(data_dir, args, env=FAST, api_host=api_host, wrapper=wrapper, token=token)
+        self.addCleanup(process.stop, signal.SIGKILL)
+        await process.start()
+        return process, Client(process.url, token=token)
+
+    async def mode(self, client: Client) -> str:
+        _, body = await client.get("/health/gossip")
+        return body["partition"]
+
+    async def test_partition_and_heal(self) -> None:
+        """
+        n3, cut off from n1 and n2: it is isolated and refuses a deploy with
+        PARTITIONED while the majority deploys; a client on n1 keeps
+        sending to echo on n3, the messages wait; after the heal they are
+        delivered, each once, and every registry agrees.
+        """
+        _, c1 = await self.start("n1", "10.201.0.1")
+        seed = await self.gossip_address(c1)
+        _, c2 = await self.start("n2", "10.201.0.1", join=(seed,))
+        _, c3 = await self.start("n3", "10.201.0.2", join=(seed,), inside=True)
+        clients = [c1, c2, c3]
+        for node in ("n1", "n2", "n3"):
+            await self.all_see(clients, node, "alive")
+        status, body = await c3.deploy("echo", ECHO)
+        self.assertEqual(status, 201, body)
+        await self.listed_everywhere([c1, c2], "echo", "n3")
+
+        self.netns.cut()
+        await self.all_see([c1, c2], "n3", "dead")
+        await self.eventually("n3 isolated", lambda: _equals(self.mode(c3), "isolated"))
+        self.assertEqual(await self.mode(c1), "majority")
+        status, body = await c3.deploy("late", ECHO)
+        self.assertEqual((status, body["error"]["code"]), (503, "PARTITIONED"), body)
+        status, body = await c1.deploy("majority-side", ECHO)
+        self.assertEqual(status, 201, body)
+
+        total = 50
+        for i in range(total):
+            status, sent = await c1.post(
+                "/api/v1/messages",
+                {"performative": "request", "sender": "client:across", "receiver": "echo",
+                 "content": {"i": i}, "reply_with": f"r{i}"},
+            )
+            self.assertEqual(status, 202, sent)
+        _, status_body = await c1.get("/api/v1/cluster/status")
+        self.assertEqual(status_body["queues"].get("n3"), total)
+
+        self.netns.cut(down=False)
+        for node in ("n1", "n2", "n3"):
+            await self.all_see(clients, node, "alive")
+        seen = await c1.poll("/api/v1/mailboxes/client:across", lambda m: len(m) >= total, timeout=120.0)
+        self.assertEqual(sorted(m["in_reply_to"] for m in seen), sorted(f"r{i}" for i in range(total)))
+        self.assertEqual({m["performative"] for m in seen}, {"inform"})
+        await self.listed_everywhere([c3], "majority-side", "n1")
+        views = []
+        for client in clients:
+            _, body = await client.get("/api/v1/agents")
+            views.append(sorted((a["name"], a["node"]) for a in body["agents"]))
+        self.assertEqual(views[0], views[1])
+        self.assertEqual(views[0], views[2])
+
+
+async def _equals(value: Any, expected: Any) -> bool:
+    return (await value) == expected
