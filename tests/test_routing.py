@@ -355,3 +355,77 @@ class PartitionTests(RoutingTestCase):
 
 async def _equals(value: Any, expected: Any) -> bool:
     return (await value) == expected
+
+
+class RelocationTests(RoutingTestCase):
+    timeout = 400
+
+    async def test_relocate_on_death(self) -> None:
+        """
+        A relocatable agent on n3 is copied to n1 and n2; n3 is killed; the
+        survivors agree on one new home (by rendezvous hashing), the agent
+        answers from there, messages sent while it moved reach it, and the
+        old node, restarted, hands the name over.
+        """
+        nodes = await self.cluster()
+        (_, c1), (_, c2), (p3, c3) = nodes
+        status, body = await c3.deploy("mover", ECHO, relocatable=True)
+        self.assertEqual(status, 201, body)
+        for client in (c1, c2):
+
+            async def copied(client: Client = client) -> Any:
+                _, body = await client.get("/api/v1/cluster/status")
+                return "mover" in body["replicas"] or body["replicas"]
+
+            await self.eventually(f"{client.url} keeps a copy", copied)
+
+        await p3.stop(signal.SIGKILL)
+        killed = time.monotonic()
+        # Sent while the agent has no home: they wait, then follow it.
+        for i in range(5):
+            status, sent = await c1.post(
+                "/api/v1/messages",
+                {"performative": "request", "sender": "client:early", "receiver": "mover",
+                 "content": i, "reply_with": f"e{i}"},
+            )
+            self.assertEqual(status, 202, sent)
+        homes = {}
+        for client in (c1, c2):
+
+            async def moved(client: Client = client) -> Any:
+                _, body = await client.get("/api/v1/agents/mover")
+                return body.get("node") in ("n1", "n2") and body.get("status") == "running" or body
+
+            await self.eventually(f"{client.url} sees mover moved", moved)
+            _, body = await client.get("/api/v1/agents/mover")
+            homes[client.url] = body["node"]
+        self.assertEqual(len(set(homes.values())), 1, homes)
+
+        async def answers() -> Any:
+            # Polled: on a busy machine the fast test timings can make a
+            # member look dead for a moment, and its agents with it.
+            status, body = await c2.post("/api/v1/agents/mover/invoke", {"content": "where", "sender": "client:x"})
+            return (status == 200 and body["reply"]["performative"] == "inform") or body
+
+        await self.eventually("the relocated agent answers", answers)
+        print(f"\nkill -9 to a relocated agent answering: {time.monotonic() - killed:.2f}s")
+        seen = await c1.poll("/api/v1/mailboxes/client:early", lambda m: len(m) >= 5)
+        self.assertEqual(sorted(m["in_reply_to"] for m in seen), [f"e{i}" for i in range(5)])
+        self.assertEqual({m["performative"] for m in seen}, {"inform"})
+
+        # The old home comes back: it removes its copy; the name stays put.
+        _, c3 = await self.node("n3", join=(self.seed_address,), tls_dir=p3.args[5], data_dir=p3.data_dir)
+        home = list(homes.values())[0]
+
+        async def handed_over() -> Any:
+            _, body = await c3.get("/api/v1/agents?node=n3")
+            return [a["name"] for a in body["agents"]] == [] or body
+
+        await self.eventually("n3 hands mover over", handed_over)
+        for client in (c1, c2, c3):
+
+            async def stays(client: Client = client) -> Any:
+                _, body = await client.get("/api/v1/agents/mover")
+                return body.get("node") == home or body
+
+            await self.eventually(f"{client.url} lists mover on {home}", stays)

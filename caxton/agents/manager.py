@@ -117,6 +117,10 @@ class AgentSpec:
     @ivar document: the spec as persisted and shown.
     @ivar tools: the MCP tools it may call (SPEC 8): C{server/tool},
         C{server/*} or C{*}.
+    @ivar relocatable: restarted on another node when its node dies
+        (SPEC 5.4; L{caxton.cluster.relocation}).
+    @ivar moves: how many times it was restarted elsewhere (set by the
+        node that restarts it; the copy that moved most wins).
     """
 
     capabilities: Tuple[str, ...]
@@ -124,6 +128,8 @@ class AgentSpec:
     config: Any
     document: Dict[str, Any]
     tools: Tuple[str, ...] = ()
+    relocatable: bool = False
+    moves: int = 0
 
 
 _LIMIT_PARSERS = {
@@ -154,7 +160,7 @@ def parse_spec(document: Any, defaults: AgentDefaults) -> AgentSpec:
         document = {}
     if not isinstance(document, dict):
         raise InvalidRequest("the agent spec must be a JSON object")
-    unknown = set(document) - {"capabilities", "limits", "config", "tools"}
+    unknown = set(document) - {"capabilities", "limits", "config", "tools", "relocatable", "moves"}
     if unknown:
         raise InvalidRequest(f"unknown spec field(s): {', '.join(sorted(unknown))}")
     capabilities = document.get("capabilities", [])
@@ -194,14 +200,30 @@ def parse_spec(document: Any, defaults: AgentDefaults) -> AgentSpec:
             parse_allowance(allowance)
         except ValueError as e:
             raise InvalidRequest(f"tools: {e}")
+    relocatable = document.get("relocatable", False)
+    if not isinstance(relocatable, bool):
+        raise InvalidRequest("relocatable must be true or false")
+    moves = document.get("moves", 0)
+    if not isinstance(moves, int) or isinstance(moves, bool) or not 0 <= moves < 2**31:
+        raise InvalidRequest("moves must be a whole number (the node sets it when it relocates an agent)")
     config = document.get("config")
-    clean = {"capabilities": list(dict.fromkeys(capabilities)), "limits": dict(given)}
+    clean: Dict[str, Any] = {"capabilities": list(dict.fromkeys(capabilities)), "limits": dict(given)}
     if tools:
         clean["tools"] = list(dict.fromkeys(tools))
     if config is not None:
         clean["config"] = config
+    if relocatable:
+        clean["relocatable"] = True
+        if moves:
+            clean["moves"] = moves
     return AgentSpec(
-        tuple(clean["capabilities"]), Limits(**values), config, clean, tuple(clean.get("tools", ()))
+        tuple(clean["capabilities"]),
+        Limits(**values),
+        config,
+        clean,
+        tuple(clean.get("tools", ())),
+        relocatable,
+        moves if relocatable else 0,
     )
 
 

@@ -341,10 +341,44 @@ class Courier(Service):
             self._check_name(registry, cell.name)
 
     def _entry_changed(self, entry: Any) -> None:
+        if not entry.removed:
+            self._follow(entry)
         if entry.node != self.node_id and (
             self._agents.get(entry.name) is not None or entry.name in self._shadowed
         ):
             self._check_name(self._cluster.registry, entry.name)
+
+    def _follow(self, entry: Any) -> None:
+        """
+        Messages waiting for a dead node, for an agent that now runs
+        elsewhere (relocated), go to its new home.
+        """
+        registry = self._cluster.registry
+        for node, peer in list(self._peers.items()):
+            if node == entry.node or registry is None or not registry.failed(node):
+                continue
+            moving = [out for out in list(peer.entries)[peer.sent :] if out.receiver == entry.name]
+            if not moving:
+                continue
+            gone = {id(out) for out in moving}
+            peer.entries = deque(out for out in peer.entries if id(out) not in gone)
+            log.info(
+                "{count} messages for {agent} follow it from {old} to {new}",
+                count=len(moving),
+                agent=entry.name,
+                old=node,
+                new=entry.node,
+            )
+            for out in moving:
+                self._store.outbox_drop(node, out.epoch, out.seq)
+                if entry.node == self.node_id:
+                    self._router.redeliver(out.receiver, json.loads(out.raw))
+                    continue
+                message = out.message or parse_message(json.loads(out.raw))
+                try:
+                    self.forward(entry.node, out.receiver, message, out.raw)
+                except CaxtonError as e:
+                    self._router.delivery_failed(message, out.receiver, e.code, str(e))
 
     def members_changed(self) -> None:
         """

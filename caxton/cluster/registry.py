@@ -66,6 +66,10 @@ class Entry:
     @ivar status: the agent's status (C{running}, C{stopped}, ...).
     @ivar capabilities: what it offers.
     @ivar removed: a tombstone.
+    @ivar module: the SHA-256 of a relocatable agent's module (peers keep
+        a copy of it, to restart the agent if its node dies), else C{""}.
+    @ivar moves: how many times a relocatable agent was restarted on
+        another node; the entry that moved most wins (L{winner}).
     @ivar seen_at: when this node learned it (local time; not sent).
     """
 
@@ -77,6 +81,8 @@ class Entry:
     status: str = "running"
     capabilities: Tuple[str, ...] = ()
     removed: bool = False
+    module: str = ""
+    moves: int = 0
     seen_at: float = attr.ib(default=0.0, eq=False)
 
     @property
@@ -97,7 +103,7 @@ class Entry:
         """
         The compact form sent on the wire.
         """
-        return [
+        fields = [
             self.name,
             self.node,
             self.epoch,
@@ -107,15 +113,23 @@ class Entry:
             list(self.capabilities),
             1 if self.removed else 0,
         ]
+        if self.module:
+            fields += [self.module, self.moves]
+        return fields
 
     @classmethod
     def from_json(cls, value: Any, now: float) -> "Entry":
         """
         Read one entry; C{ValueError} when it is malformed.
         """
-        if not isinstance(value, list) or len(value) != 8:
-            raise ValueError("an entry is a list of 8 fields")
-        name, node, epoch, seq, version, status, capabilities, removed = value
+        if not isinstance(value, list) or len(value) not in (8, 10):
+            raise ValueError("an entry is a list of 8 fields (10 for a relocatable agent)")
+        name, node, epoch, seq, version, status, capabilities, removed = value[:8]
+        module, moves = value[8:] if len(value) == 10 else ("", 0)
+        if not isinstance(module, str) or not (module == "" or len(module) == 64):
+            raise ValueError("module must be a SHA-256 hex digest")
+        if not isinstance(moves, int) or isinstance(moves, bool) or not 0 <= moves < 2**31:
+            raise ValueError("moves must be a non-negative integer")
         strings = (name, node, status)
         if not all(isinstance(s, str) and 0 < len(s) <= 256 for s in strings):
             raise ValueError("name, node and status must be short strings")
@@ -137,6 +151,8 @@ class Entry:
             status=status,
             capabilities=tuple(capabilities),
             removed=bool(removed),
+            module=module,
+            moves=moves,
             seen_at=now,
         )
 
@@ -144,11 +160,12 @@ class Entry:
 def winner(entries: Iterable[Entry]) -> Entry:
     """
     The one of several live entries for one name that messages go to
-    (two nodes host an agent of that name after a partition healed): the
-    one whose node id sorts first.  Every node applies the same rule to
-    the same entries, so all send to the same agent.
+    (two nodes host an agent of that name after a partition healed, or a
+    relocated agent's old node came back): the one that was relocated
+    most, then the one whose node id sorts first.  Every node applies the
+    same rule to the same entries, so all send to the same agent.
     """
-    return min(entries, key=lambda e: e.node)
+    return min(entries, key=lambda e: (-e.moves, e.node))
 
 
 def encode_entries(entries: Iterable[Entry]) -> bytes:
@@ -244,11 +261,27 @@ class Registry:
         self._broadcast(f"agent/{entry.node}/{entry.name}", payload)
         return True
 
-    def publish(self, name: str, version: int, status: str, capabilities: Iterable[str]) -> Entry:
+    def publish(
+        self,
+        name: str,
+        version: int,
+        status: str,
+        capabilities: Iterable[str],
+        module: str = "",
+        moves: int = 0,
+    ) -> Entry:
         """
-        Announce one of this node's agents as it is now.
+        Announce one of this node's agents as it is now (with its module's
+        hash when it is relocatable).
         """
-        return self._next(name, version=version, status=status, capabilities=tuple(capabilities))
+        return self._next(
+            name,
+            version=version,
+            status=status,
+            capabilities=tuple(capabilities),
+            module=module,
+            moves=moves,
+        )
 
     def withdraw(self, name: str) -> Entry:
         """
@@ -295,6 +328,12 @@ class Registry:
             if node in self._failed and not self._entries[(node, name)].removed:
                 return node
         return None
+
+    def failed(self, node: str) -> bool:
+        """
+        Whether C{node} was declared dead (not left) and has not come back.
+        """
+        return node in self._failed
 
     def offering(self, capability: str) -> List[Entry]:
         """

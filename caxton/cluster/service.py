@@ -50,6 +50,7 @@ from caxton.cluster.courier import Courier
 from caxton.cluster.interfaces import ICluster
 from caxton.cluster.pki import NodeTLS
 from caxton.cluster.registry import Registry
+from caxton.cluster.relocation import Relocator
 from caxton.cluster.stream import Kind, NodeStreams
 from caxton.config import Config, ConfigError
 from caxton.endpoints import ListenAll, server_endpoint
@@ -261,6 +262,9 @@ class ClusterService(Service):
                 lookup_timeout=config["cluster.lookup_timeout"],
             )
             router.remote = self.courier
+        self.relocator: Optional[Relocator] = None
+        if store is not None:
+            self.relocator = Relocator(reactor, self, agents, store)
         #: More listeners for every membership this service starts (the
         #: event stream's).
         self.listeners: List[IMembershipListener] = []
@@ -298,6 +302,8 @@ class ClusterService(Service):
             max_datagram=self.swim_config.max_packet,
         )
         self.udp = SwimDatagramProtocol(self.envelope, self._deliver)
+        if self.relocator is not None:
+            await self.relocator.load()
         host, port = await self._listen()
         if keyring is not None:
             self._key_watcher = KeyFileWatcher(self._key_file, self._reactor, self._install_keys)
@@ -348,6 +354,8 @@ class ClusterService(Service):
             self.streams.register_handler(Kind.PUSH_PULL, self._push_pull_received)
             if self.courier is not None:
                 self.courier.register(self.streams)
+            if self.relocator is not None:
+                self.relocator.register(self.streams)
             self.streams.on_peer_lost = self._peer_lost
             try:
                 await self.streams.open()
@@ -404,6 +412,8 @@ class ClusterService(Service):
         self.membership.add_listener(self)
         if self.courier is not None:
             self.courier.attach(self.registry)
+        if self.relocator is not None:
+            self.relocator.attach(self.registry)
         for listener in self.listeners:
             self.membership.add_listener(listener)
         self._largest = 1
@@ -638,7 +648,15 @@ class ClusterService(Service):
         if cell is None:
             self.registry.withdraw(name)
         else:
-            self.registry.publish(name, cell.version, cell.status, cell.spec.capabilities)
+            relocatable = cell.spec.relocatable
+            self.registry.publish(
+                name,
+                cell.version,
+                cell.status,
+                cell.spec.capabilities,
+                module=cell.module_hash if relocatable else "",
+                moves=cell.spec.moves,
+            )
 
     # IMembershipListener: the largest cluster seen (the core logs changes) --
 
@@ -659,6 +677,8 @@ class ClusterService(Service):
     def member_failed(self, member: Member) -> None:
         if self.courier is not None:
             self.courier.members_changed()
+        if self.relocator is not None and member.node != self.node_id:
+            self.relocator.member_failed(member.node)
 
     def member_left(self, member: Member) -> None:
         # A member that left on purpose is no longer expected.
@@ -740,6 +760,7 @@ class ClusterService(Service):
             "members": self._counts(),
             "expected": max(self._largest, self._expect, 1),
             "queues": self.courier.queues() if self.courier else {},
+            "replicas": sorted(self.relocator.replicas) if self.relocator else [],
             "local_health": membership.local_health if membership else 0,
             "incarnation": membership.incarnation if membership else 0,
             "agents": self.registry.count() if self.registry else 0,
@@ -749,6 +770,7 @@ class ClusterService(Service):
                 "swim": membership.stats.as_dict() if membership else {},
                 "udp": self.udp.stats.as_dict() if self.udp else {},
                 "messages": dict(self.courier.counters) if self.courier else {},
+                "relocation": dict(self.relocator.counters) if self.relocator else {},
             },
         }
 

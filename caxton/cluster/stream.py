@@ -187,6 +187,8 @@ class Kind(enum.IntEnum):
     ACK = 4
     #: Does the receiving node host this agent? (request)
     LOOKUP = 5
+    #: A copy of a relocatable agent's module and spec (request).
+    FETCH = 6
 
 
 class RefuseReason(enum.IntEnum):

@@ -179,6 +179,15 @@ MIGRATIONS: Sequence[str] = (
         PRIMARY KEY (client, conversation_id)
     );
     CREATE INDEX client_homes_updated_at ON client_homes (updated_at);
+
+    CREATE TABLE replicas (
+        name TEXT PRIMARY KEY NOT NULL,
+        owner TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        module_hash TEXT NOT NULL REFERENCES modules (hash),
+        spec TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
     """,
 )
 
@@ -468,8 +477,9 @@ def _loadModule(connection: sqlite3.Connection, moduleHash: str) -> Optional[byt
 def _deleteModule(connection: sqlite3.Connection, moduleHash: str) -> bool:
     cursor = connection.execute(
         "DELETE FROM modules WHERE hash = ?"
-        " AND NOT EXISTS (SELECT 1 FROM agents WHERE module_hash = ?)",
-        (moduleHash, moduleHash),
+        " AND NOT EXISTS (SELECT 1 FROM agents WHERE module_hash = ?)"
+        " AND NOT EXISTS (SELECT 1 FROM replicas WHERE module_hash = ?)",
+        (moduleHash, moduleHash, moduleHash),
     )
     return cursor.rowcount > 0
 
@@ -667,6 +677,29 @@ def _loadClientHomes(connection: sqlite3.Connection, limit: int) -> List[Tuple[s
         (limit,),
     ).fetchall()
     return rows[::-1]
+
+
+def _saveReplica(
+    connection: sqlite3.Connection, name: str, owner: str, version: int, moduleHash: str, spec: str, now: float
+) -> None:
+    with _transaction(connection):
+        connection.execute(
+            "INSERT OR REPLACE INTO replicas (name, owner, version, module_hash, spec, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (name, owner, version, moduleHash, spec, now),
+        )
+
+
+def _deleteReplica(connection: sqlite3.Connection, name: str) -> None:
+    with _transaction(connection):
+        connection.execute("DELETE FROM replicas WHERE name = ?", (name,))
+
+
+def _loadReplicas(connection: sqlite3.Connection) -> List[Tuple[str, str, int, str, Any]]:
+    rows = connection.execute(
+        "SELECT name, owner, version, module_hash, spec FROM replicas ORDER BY name"
+    ).fetchall()
+    return [(n, o, v, h, json.loads(spec)) for (n, o, v, h, spec) in rows]
 
 
 def _loadIntake(connection: sqlite3.Connection) -> Dict[Tuple[str, int], int]:
@@ -1214,6 +1247,27 @@ class SQLiteStore:
         The C{limit} latest C{(client, conversation_id, node)}, oldest first.
         """
         return self._run(_loadClientHomes, limit)
+
+    def save_replica(self, name: str, owner: str, version: int, module_hash: str, spec: Mapping[str, Any]) -> "Deferred[None]":
+        """
+        Keep the spec of another node's relocatable agent, whose module is
+        saved under C{module_hash} (L{save_module} first).
+        """
+        return self._run(
+            _saveReplica, name, owner, version, module_hash, _encode(spec), self._reactor.seconds()
+        )
+
+    def delete_replica(self, name: str) -> "Deferred[None]":
+        """
+        Forget the copy of agent C{name} (its module stays if used).
+        """
+        return self._run(_deleteReplica, name)
+
+    def load_replicas(self) -> "Deferred[List[Tuple[str, str, int, str, Any]]]":
+        """
+        Every kept copy: C{(name, owner, version, module_hash, spec)}.
+        """
+        return self._run(_loadReplicas)
 
     def load_intake(self) -> "Deferred[Dict[Tuple[str, int], int]]":
         """
