@@ -587,7 +587,7 @@ def _spec_options(parser: argparse.ArgumentParser, deploying: bool) -> None:
         group.add_argument(
             "--relocatable",
             action="store_true",
-            help="ask for relocation to another node when this one dies (nodes without relocation refuse it)",
+            help="restart the agent on another node of the cluster when its node dies",
         )
 
 
