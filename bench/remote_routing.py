@@ -19,6 +19,10 @@ requests from an API client on n1:
 3. drain: n2 killed (SIGKILL), ``--queued`` requests accepted by n1 and
    queued in its outbox, n2 restarted on the same data directory; the
    time from n2's API being up to the last reply in n1's mailbox.
+4. relocation: a third node n3 hosts a relocatable echo; once n1 and n2
+   keep copies, n3 is killed (SIGKILL) and n1 invokes the agent every
+   50 ms: the time from the kill to the first answer (failure detection
+   with the default profile, the choice of a new home, the start).
 
     python bench/remote_routing.py [--latency 500] [--messages 5000] [--clients 16] [--queued 10000]
 """
@@ -192,11 +196,43 @@ def main() -> None:
         }
         print("drain:", json.dumps(drain))
         pool.shutdown()
+
+        # 4. Relocation after a kill -9.
+        if cluster.wait([n1, n2], cluster.all_alive([n1, n2]), 60) is None:
+            raise RuntimeError("n2 did not come back")
+        n3 = Node(cluster, "n3")
+        cluster.nodes.append(n3)
+        n3.spawn(seed)
+        cluster.wait_ports([n3])
+        if cluster.wait([n1, n2, n3], cluster.all_alive([n1, n2, n3]), 60) is None:
+            raise RuntimeError("n3 did not join")
+        request(n3.port, "POST", "/api/v1/agents",
+                {"name": "mover", "wasm": base64.b64encode(wasm).decode(), "relocatable": True})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if all("mover" in request(n.port, "GET", "/api/v1/cluster/status")["replicas"] for n in (n1, n2)):
+                break
+            time.sleep(0.1)
+        n3.kill()
+        killed = time.monotonic()
+        answered = None
+        while time.monotonic() < killed + 120:
+            try:
+                reply = request(n1.port, "POST", "/api/v1/agents/mover/invoke", {"content": 1, "timeout": "5s"})
+                if reply["reply"]["performative"] == "inform":
+                    answered = time.monotonic() - killed
+                    break
+            except RuntimeError:
+                pass
+            time.sleep(0.05)
+        home = request(n1.port, "GET", "/api/v1/agents/mover").get("node")
+        relocation = {"kill_to_answer_s": round(answered, 2) if answered else None, "new_home": home}
+        print("relocation:", json.dumps(relocation))
         emit(
             "remote_routing",
             {"latency": args.latency, "messages": args.messages, "clients": args.clients,
              "queued": args.queued, "profile": "lan"},
-            {"latency": latency, "throughput": rate, "drain": drain},
+            {"latency": latency, "throughput": rate, "drain": drain, "relocation": relocation},
             steal.stop(),
         )
     finally:
