@@ -1069,3 +1069,75 @@ class RealWorkerTests(TestCase):
             self.assertEqual(_poolThreads(), [])
 
         return Deferred.fromCoroutine(run())
+
+
+class _HeldPool(NonThreadPool):
+    """
+    A pool that keeps jobs until L{run} says, to see how many there were.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: List[Callable[[], None]] = []
+
+    def callInThreadWithCallback(self, onResult: Any, f: Any, *a: Any, **kw: Any) -> None:
+        self.jobs.append(lambda: NonThreadPool.callInThreadWithCallback(self, onResult, f, *a, **kw))
+
+    def run(self) -> int:
+        ran = 0
+        while self.jobs:
+            self.jobs.pop(0)()
+            ran += 1
+        return ran
+
+
+class QueueRecordTests(SynchronousTestCase):
+    """
+    The delivery journal, the outbox, the peer intake and sync.
+    """
+
+    def setUp(self) -> None:
+        self.pool = _HeldPool()
+        self.store = SQLiteStore(None, ThreadlessClock(), threadpool=self.pool)
+        self.store.open()
+        self.pool.run()
+
+    def test_syncs_share_trips(self) -> None:
+        """
+        Syncs asked for while one is on the worker wait for one more trip,
+        together, and each fires only after what was recorded before it.
+        """
+        fired: List[int] = []
+        self.store.journal_add("a", "m1", b'{"x":1}')
+        self.store.sync().addCallback(lambda _: fired.append(1))
+        for i in (2, 3, 4):
+            self.store.sync().addCallback(lambda _, i=i: fired.append(i))
+        self.assertEqual(len(self.pool.jobs), 2)  # the batch and the first sync
+        self.assertEqual(self.pool.run(), 3)  # ... and one more for 2, 3, 4
+        self.assertEqual(fired, [1, 2, 3, 4])
+
+    def test_records_survive_together(self) -> None:
+        """
+        Journal, outbox and intake rows read back as written; a batch made
+        together is not split by the flush threshold.
+        """
+        with self.store.together():
+            for i in range(FLUSH_THRESHOLD + 5):
+                self.store.journal_add("a", f"m{i}", '{"i": %d}' % i)
+            self.assertEqual(self.pool.jobs, [])
+        self.store.journal_done("a", "m0")
+        self.store.outbox_add("n2", 7, 1, "echo", '{"i": 1}', 99.0)
+        self.store.outbox_add("n2", 7, 2, "echo", '{"i": 2}', 99.0)
+        self.store.outbox_acked("n2", 7, 1)
+        self.store.intake_high("n3", 5, 42)
+        self.store.client_home("client:a", "c1", "n2")
+        journal, outbox, intake, homes = [], [], [], []
+        self.store.load_journal().addCallback(journal.extend)
+        self.store.load_outbox().addCallback(outbox.extend)
+        self.store.load_intake().addCallback(lambda found: intake.append(found))
+        self.store.load_client_homes(10).addCallback(homes.extend)
+        self.pool.run()
+        self.assertEqual(len(journal), FLUSH_THRESHOLD + 4)
+        self.assertEqual(journal[0], ("a", {"i": 1}))
+        self.assertEqual(outbox, [("n2", 7, 2, "echo", '{"i": 2}', 99.0)])
+        self.assertEqual(intake, [{("n3", 5): 42}])
+        self.assertEqual(homes, [("client:a", "c1", "n2")])

@@ -42,6 +42,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorCore
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -656,6 +657,18 @@ def _takePending(connection: sqlite3.Connection) -> List[Tuple[str, Any]]:
     return [(agent, json.loads(body)) for (agent, body) in rows]
 
 
+def _fire(waiting: List[Deferred], result: Any) -> None:
+    for d in waiting:
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(None)
+
+
+def _fire_later(result: Any, waiting: List[Deferred]) -> None:
+    _fire(waiting, result)
+
+
 def _nothing(connection: sqlite3.Connection) -> None:
     return None
 
@@ -784,6 +797,8 @@ class SQLiteStore:
         self._pending: List[_Pending] = []
         self._flushCall: Any = None
         self._holding = 0
+        self._syncing: Optional[Deferred] = None
+        self._nextSync: List[Deferred] = []
         self._shutdownTrigger: Any = None
 
     # Opening and closing
@@ -1141,8 +1156,26 @@ class SQLiteStore:
     def sync(self) -> "Deferred[None]":
         """
         Fires once every record made before this call is written.
+
+        Calls share work: while one sync is on the worker, the calls that
+        come meanwhile wait together for the next, so a burst of API
+        requests costs two trips to the worker, not one each.
         """
-        return self._run(_nothing)
+        d: Deferred = Deferred()
+        if self._syncing is not None:
+            self._nextSync.append(d)
+            return d
+        waiting = [d]
+        self._syncing = self._run(_nothing)
+        self._syncing.addBoth(self._synced, waiting)
+        return d
+
+    def _synced(self, result: Any, waiting: List[Deferred]) -> None:
+        self._syncing = None
+        _fire(waiting, result)
+        following, self._nextSync = self._nextSync, []
+        if following:
+            self.sync().addBoth(_fire_later, following)
 
     def _statement(self, sql: str, *parameters: Any) -> None:
         self._enqueue(_PendingStatement(sql, parameters))
