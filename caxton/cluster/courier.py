@@ -738,6 +738,9 @@ class Courier(Service):
                     log.warn(
                         "dropped a malformed message from {node}: {error}", node=origin, error=str(e)
                     )
+                except Exception:
+                    # A bug of ours: the rest of the frame still goes in.
+                    log.failure("taking in a message from {node}", node=origin)
             if high != start:
                 self._intake[key] = high
                 self._store.intake_high(origin, epoch, high)

@@ -40,6 +40,9 @@ log = Logger()
 
 _HEADER = struct.Struct(">I")
 
+#: Seconds before a failed copy is tried again.
+COPY_RETRY = 5.0
+
 
 def rendezvous(name: str, nodes: Iterable[str]) -> Optional[str]:
     """
@@ -187,6 +190,7 @@ class Relocator:
 
     def _copy_failed(self, failure: Any, entry: Any) -> None:
         self.counters["copy_failed"] += 1
+        self._reactor.callLater(COPY_RETRY, self._retry_copy, entry.name)
         if not failure.check(StreamError, ValueError):
             log.failure("copying agent {agent} from {node}", failure, agent=entry.name, node=entry.node)
             return
@@ -196,6 +200,20 @@ class Relocator:
             node=entry.node,
             error=str(failure.value),
         )
+
+    def _retry_copy(self, name: str) -> None:
+        """
+        Try again to copy C{name}, if it is still relocatable elsewhere and
+        not yet copied.
+        """
+        registry = self._cluster.registry
+        if registry is None:
+            return
+        for entry in registry.lookup(name):
+            if entry.node != self.node_id and entry.module:
+                known = self.replicas.get(name)
+                if known is None or known.version != entry.version or known.owner != entry.node:
+                    self._fetch(entry)
 
     async def _serve(self, name: Any) -> bytes:
         cell = self._agents.get(name) if isinstance(name, str) else None
