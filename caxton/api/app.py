@@ -27,6 +27,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from caxton.acl.message import InvalidMessage, message_to_dict, parse_message, strict_json
 from caxton.agents.manager import AgentManager, decode_wasm
 from caxton.agents.runtime import InvalidWasm
+from caxton.api import openapi
 from caxton.cluster.interfaces import ICluster
 from caxton.cluster.standalone import Standalone
 from caxton.config import parse_duration, parse_host_port
@@ -664,6 +665,16 @@ class CaxtonAPI:
         ]
         next_before = items[-1]["seq"] if len(items) == limit else None
         return self._json(request, {"dead_letters": items, "next_before": next_before})
+
+    # The API's description -----------------------------------------------------------
+
+    @app.route("/api/v1/openapi.json", methods=["GET"])
+    def openapi_document(self, request: Any) -> bytes:
+        """
+        The OpenAPI 3.1 description of this API (L{caxton.api.openapi}).
+        """
+        request.setHeader("content-type", _JSON)
+        return openapi.encoded()
 
 
 def _conversation(record: Any) -> Dict[str, Any]:
