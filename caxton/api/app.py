@@ -507,8 +507,15 @@ class CaxtonAPI:
         protocol = _INVOKE_PROTOCOLS.get(performative)
         if protocol is None:
             raise InvalidMessage("invoke sends request, query-if or query-ref")
+        if body.get("reply_to") is not None or body.get("reply-to") is not None:
+            # The reply would go there, and this call would wait in vain.
+            raise InvalidMessage("invoke answers with the reply itself: reply_to is not allowed")
+        # What the node sets replaces what was given, in either spelling.
+        for field in ("reply-with", "reply-by"):
+            body.pop(field, None)
         body["protocol"] = protocol
-        body.setdefault("sender", f"{CLIENT_PREFIX}invoke-{new_id()}")
+        if body.get("sender") is None:
+            body["sender"] = f"{CLIENT_PREFIX}invoke-{new_id()}"
         body["receiver"] = name
         body["reply_with"] = new_id()
         body["reply_by"] = (
