@@ -143,41 +143,58 @@ def _message_schemas() -> Dict[str, Any]:
         "reply_by": {"type": "string", "format": "date-time", "description": "RFC 3339 with an offset."},
         "message_id": {**token, "description": "Accepted, but always replaced by a new id."},
     }
+    # FIPA's spellings, accepted on input as aliases of these fields.  The
+    # schemas name only the underscored ones: a field given under both
+    # names is refused, which the schemas could say only with a "not" that
+    # makes test generation from them impractically slow.
     aliases = {
-        "conversation-id": token,
-        "reply-with": token,
-        "in-reply-to": token,
-        "reply-by": fields["reply_by"],
-        "reply-to": names,
-        "message-id": token,
+        "conversation-id": "conversation_id",
+        "reply-with": "reply_with",
+        "in-reply-to": "in_reply_to",
+        "reply-by": "reply_by",
+        "reply-to": "reply_to",
+        "message-id": "message_id",
     }
     user_fields = {"^[Xx]-": {"description": "User fields, kept as they are."}}
+    client = {
+        "type": "string",
+        "maxLength": MAX_NAME_LENGTH,
+        "pattern": r"^client:\S+$",
+        "description": "A client name; the API sends as clients only.",
+    }
     message_in = {
         "type": "object",
         "description": (
             "A FIPA-ACL message (SPEC 4.1) as a client sends it.  FIPA's hyphenated names "
-            "(conversation-id, ...) are accepted too; giving a field under both names, or any "
-            "other field that does not begin X-, is refused."
+            "(conversation-id, reply-with, in-reply-to, reply-by, reply-to, message-id; see "
+            "x-caxton-aliases) are accepted too, but not a field under both names, nor any "
+            "other field that does not begin X-.  Without a sender it is sent as client:api."
         ),
-        "properties": {**fields, **aliases},
+        "properties": {**fields, "sender": client},
         "patternProperties": user_fields,
         "additionalProperties": False,
         "required": ["performative", "receiver"],
+        "x-caxton-aliases": aliases,
     }
+    invoke_fields = dict(fields)
+    del invoke_fields["reply_to"]
     invoke = {
         "type": "object",
         "description": (
             "A message whose fields are all optional, plus timeout.  The node sets protocol, "
-            "receiver, reply_with and reply_by; performative is request, query-if or query-ref."
+            "receiver, reply_with and reply_by (replacing any given); performative is request, "
+            "query-if or query-ref; reply_to is refused, since the answer is the reply.  "
+            "FIPA's hyphenated names are accepted as for messages."
         ),
         "properties": {
-            **fields,
-            **aliases,
+            **invoke_fields,
+            "sender": client,
             "performative": {"type": "string", "enum": ["request", "query-if", "query-ref"], "default": "request"},
             "timeout": _ref("Duration"),
         },
         "patternProperties": user_fields,
         "additionalProperties": False,
+        "x-caxton-aliases": {k: v for k, v in aliases.items() if v in invoke_fields},
     }
     # What the node sends: underscored names only, receiver as given (one
     # name as a string), reply_to always a list, no field that is not set.
@@ -751,8 +768,14 @@ _AGENT = _path(
 )
 
 
-def _body(schema: Dict[str, Any], required: bool = True, form: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def _body(
+    schema: Dict[str, Any],
+    example: Any = None,
+    form: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
     content: Dict[str, Any] = {"application/json": {"schema": schema}}
+    if example is not None:
+        content["application/json"]["example"] = example
     if form is not None:
         content["multipart/form-data"] = {
             "schema": form,
@@ -761,7 +784,7 @@ def _body(schema: Dict[str, Any], required: bool = True, form: Optional[Dict[str
                 "spec": {"contentType": "application/json"},
             },
         }
-    return {"required": required, "content": content}
+    return {"required": True, "content": content}
 
 
 # Operations -----------------------------------------------------------------------------
@@ -900,7 +923,7 @@ OPERATIONS: Dict[Tuple[str, str], Dict[str, Any]] = {
         "tags": ["agents"],
         "summary": "A new version: a new module and/or spec fields (JSON or multipart).",
         "parameters": [_AGENT],
-        "requestBody": _body(_ref("AgentUpdate"), form=_ref("AgentUpdateForm")),
+        "requestBody": _body(_ref("AgentUpdate"), {"capabilities": ["echo", "mirror"]}, form=_ref("AgentUpdateForm")),
         "responses": {
             "200": _json("Updated; the version went up by one.", _ref("Agent")),
             "400": _error(
@@ -948,7 +971,7 @@ OPERATIONS: Dict[Tuple[str, str], Dict[str, Any]] = {
         "tags": ["agents", "messages"],
         "summary": "Send a request (or query) and answer with the first reply, or the node's TIMEOUT failure.",
         "parameters": [_AGENT],
-        "requestBody": _body(_ref("InvokeRequest")),
+        "requestBody": _body(_ref("InvokeRequest"), {"content": {"text": "hi"}, "timeout": "5s"}),
         "responses": {
             "200": _json("The reply (look at reply.performative and reply.sender).", _ref("InvokeResult")),
             "400": _error(
@@ -966,7 +989,19 @@ OPERATIONS: Dict[Tuple[str, str], Dict[str, Any]] = {
         "operationId": "sendMessage",
         "tags": ["messages"],
         "summary": "Send an ACL message as a client; its outcome comes back as a message.",
-        "requestBody": _body(_ref("AclMessageIn")),
+        "requestBody": _body(
+            _ref("AclMessageIn"),
+            {
+                "performative": "request",
+                "sender": "client:alice",
+                "receiver": "echo",
+                "protocol": "fipa-request",
+                "conversation_id": "hello-1",
+                "reply_with": "r1",
+                "content": {"text": "hi"},
+                "X-Trace": "abc",
+            },
+        ),
         "responses": {
             "202": _json("Accepted: exactly one outcome will be recorded.", _ref("Accepted")),
             "400": _error("Not a valid message, or its sender is not a client name.", "INVALID_MESSAGE"),
@@ -1059,7 +1094,7 @@ OPERATIONS: Dict[Tuple[str, str], Dict[str, Any]] = {
         "operationId": "clusterJoin",
         "tags": ["cluster"],
         "summary": "Join through seed addresses now: one push-pull with each.",
-        "requestBody": _body(_ref("JoinRequest")),
+        "requestBody": _body(_ref("JoinRequest"), {"seeds": ["10.0.0.4:7946", "10.0.0.6"]}),
         "responses": {
             "200": _json("At least one seed answered.", _ref("Joined")),
             "400": _error("A bad body or seed, or a node that runs alone.", "INVALID_REQUEST"),
@@ -1086,7 +1121,7 @@ OPERATIONS: Dict[Tuple[str, str], Dict[str, Any]] = {
         "operationId": "createKey",
         "tags": ["keys"],
         "summary": "Create an API key; its token is in the answer and nowhere else.",
-        "requestBody": _body(_ref("KeyCreate")),
+        "requestBody": _body(_ref("KeyCreate"), {"name": "ci", "role": "operator"}),
         "responses": {
             "201": _json("Created.", _ref("KeyCreated")),
             "400": _error("A bad name or role.", "INVALID_REQUEST"),
