@@ -1224,7 +1224,17 @@ def document() -> Dict[str, Any]:
                 }
             },
             "responses": {
-                "MethodNotAllowed": _error("The route exists, but not with this method.", "INVALID_REQUEST"),
+                "MethodNotAllowed": _error(
+                    "The route exists, but not with this method.",
+                    "INVALID_REQUEST",
+                    headers={
+                        "Allow": {
+                            "description": "The methods the route takes.",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    },
+                ),
                 "NoSuchRoute": _error("No such route.", "INVALID_REQUEST"),
             },
         },
