@@ -233,7 +233,9 @@ class Router:
     def _route(self, message: ACLMessage) -> None:
         self.counters["routed"] += 1
         receivers, unmet = self._resolve(message)
-        if message.sender != NODE:
+        # Messages to the node end there unpoliced: a protocol notice in
+        # answer would be answered again by an agent that answers everything.
+        if message.sender != NODE and receivers != (NODE,):
             verdict = self._tracker.observe(message, receivers, self._reactor.seconds())
             self._schedule_deadline()
             if verdict.kind != "accept":
