@@ -33,6 +33,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from caxton.api.app import CaxtonAPI
@@ -70,9 +71,21 @@ LEFT_OUT = {
 #: schemathesis' configuration (read from its working directory): half
 #: the agent names, clients and conversation ids it makes up are ones that
 #: exist, so generated requests reach a real agent, mailbox and
-#: conversation and not only their 404s.  Removal is left to the names it
-#: makes up, so the agent stays for the whole run.
+#: conversation and not only their 404s.  Stopping and removal are left to
+#: the names it makes up (the document's examples for them name another
+#: agent), so the agent runs for the whole run and answers every invoke at
+#: once instead of after its timeout.
 CONFIG = """
+# No names learnt from answers: the agent's would reach DELETE.
+[phases.examples.extra-data-sources]
+responses = false
+
+[phases.coverage.extra-data-sources]
+responses = false
+
+[phases.fuzzing.extra-data-sources]
+responses = false
+
 [dictionaries.agents]
 values = ["echo"]
 
@@ -82,9 +95,25 @@ values = ["client:alice"]
 [dictionaries.conversations]
 values = ["hello-1"]
 
+[dictionaries.timeouts]
+values = ["100ms", "1s", 0.5]
+
 [[operations]]
-include-operation-id = ["showAgent", "updateAgent", "stopAgent", "startAgent", "invokeAgent"]
+include-operation-id = ["showAgent", "updateAgent", "startAgent"]
 parameters = { "path.name" = { dictionary = "agents", probability = 0.5 } }
+
+# invoke's timeout is cut to a second on this node: mostly within it.
+[[operations]]
+include-operation-id = "invokeAgent"
+parameters = { "path.name" = { dictionary = "agents", probability = 0.5 }, "body.timeout" = { dictionary = "timeouts", probability = 0.8 } }
+
+[dictionaries.protocols]
+values = ["fipa-request", "fipa-query", "fipa-contract-net"]
+
+# Messages to the agent, under the protocols the node polices.
+[[operations]]
+include-operation-id = "sendMessage"
+parameters = { "body.receiver" = { dictionary = "agents", probability = 0.5 }, "body.protocol" = { dictionary = "protocols", probability = 0.5 } }
 
 [[operations]]
 include-operation-id = "mailbox"
@@ -202,7 +231,18 @@ class FuzzTests(unittest.TestCase):
         tested = re.search(r"Tested: (\d+)", report)
         self.assertIn(int(tested.group(1)) if tested else None, (fuzzed - 1, fuzzed), report)
 
-        # The node survived: still running, still answering.
+        # The node survived: still running, still answering, and the
+        # agent the run was aimed at is still there.
         self.assertFalse(node._output.ended.called, node.output[-5000:])
         self.assertEqual((await client.get("/health"))[0], 200)
+        self.assertEqual((await client.get("/api/v1/agents/echo"))[0], 200)
+        # And it went quiet: nothing the run started (an agent and the
+        # node answering each other, say) goes on by itself.
+        recorded = []
+        for _ in range(3):
+            await deferLater(reactor, 1.0, lambda: None)
+            status, body = await client.get("/api/v1/conversations?limit=1000")
+            self.assertEqual(status, 200, body)
+            recorded.append(sum(c["message_count"] for c in body["conversations"]))
+        self.assertEqual(recorded[1], recorded[2], f"messages keep being recorded: {recorded}")
         self.assertNotIn("unhandled error", node.output)

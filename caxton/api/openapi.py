@@ -941,7 +941,7 @@ OPERATIONS: Dict[Tuple[str, str], Dict[str, Any]] = {
         "operationId": "removeAgent",
         "tags": ["agents"],
         "summary": "Remove an agent; its queued messages fail with AGENT_NOT_FOUND.",
-        "parameters": [_AGENT],
+        "parameters": [{**_AGENT, "example": "old-echo"}],
         "responses": {
             "204": {"description": "Removed."},
             "404": _AGENT_NOT_FOUND,
@@ -952,7 +952,7 @@ OPERATIONS: Dict[Tuple[str, str], Dict[str, Any]] = {
         "operationId": "stopAgent",
         "tags": ["agents"],
         "summary": "Stop an agent: it keeps taking messages into its queue but handles none.",
-        "parameters": [_AGENT],
+        "parameters": [{**_AGENT, "example": "old-echo"}],
         "responses": {"200": _json("Stopped.", _ref("Agent")), "404": _AGENT_NOT_FOUND},
     },
     ("POST", "/api/v1/agents/<name>/start"): {
@@ -971,7 +971,7 @@ OPERATIONS: Dict[Tuple[str, str], Dict[str, Any]] = {
         "tags": ["agents", "messages"],
         "summary": "Send a request (or query) and answer with the first reply, or the node's TIMEOUT failure.",
         "parameters": [_AGENT],
-        "requestBody": _body(_ref("InvokeRequest"), {"content": {"text": "hi"}, "timeout": "5s"}),
+        "requestBody": _body(_ref("InvokeRequest"), {"content": {"text": "hi"}, "timeout": "1s"}),
         "responses": {
             "200": _json("The reply (look at reply.performative and reply.sender).", _ref("InvokeResult")),
             "400": _error(
