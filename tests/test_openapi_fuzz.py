@@ -5,9 +5,12 @@ A real node process (no API keys, so its loopback clients may do anything)
 is fuzzed by schemathesis, reading the document the node serves at
 C{/api/v1/openapi.json}: the document's examples first, then the boundary
 values of every parameter and body (its coverage phase), then a few
-generated requests per operation.  Every answer must be no 5xx and must
-match the document (status, content type, headers, schema), and
-afterwards the node must still run and answer C{/health}.
+generated requests per operation, half of them aimed at an agent, a
+mailbox and a conversation that exist.  Every answer must be no 5xx and
+must match the document (status, content type, headers, schema), and
+afterwards the node must still run, answer C{/health} and go quiet (no
+traffic that goes on by itself, such as an agent and the node answering
+each other without end).
 
 The run is kept short and repeatable: a fixed seed, a few examples per
 operation, one worker, no example database, a per-request timeout, and a
@@ -98,6 +101,9 @@ values = ["hello-1"]
 [dictionaries.timeouts]
 values = ["100ms", "1s", 0.5]
 
+[dictionaries.protocols]
+values = ["fipa-request", "fipa-query", "fipa-contract-net"]
+
 [[operations]]
 include-operation-id = ["showAgent", "updateAgent", "startAgent"]
 parameters = { "path.name" = { dictionary = "agents", probability = 0.5 } }
@@ -106,9 +112,6 @@ parameters = { "path.name" = { dictionary = "agents", probability = 0.5 } }
 [[operations]]
 include-operation-id = "invokeAgent"
 parameters = { "path.name" = { dictionary = "agents", probability = 0.5 }, "body.timeout" = { dictionary = "timeouts", probability = 0.8 } }
-
-[dictionaries.protocols]
-values = ["fipa-request", "fipa-query", "fipa-contract-net"]
 
 # Messages to the agent, under the protocols the node polices.
 [[operations]]
