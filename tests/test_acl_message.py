@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from caxton.acl.message import (
+    MAX_JSON_DEPTH,
     MAX_NAME_LENGTH,
     MAX_TOKEN_LENGTH,
     PERFORMATIVES,
@@ -26,6 +27,7 @@ from caxton.acl.message import (
     message_to_dict,
     parse_message,
     parse_time,
+    strict_json,
 )
 
 _ALIASES = {
@@ -716,3 +718,44 @@ class MakeReplyTests(SynchronousTestCase):
         """
         original = ACLMessage("request", receiver=("bob",))
         self.assertIsNone(make_reply(original, "inform", None, "bob").receiver)
+
+
+class NestingLimitTests(SynchronousTestCase):
+    """
+    JSON deeper than L{MAX_JSON_DEPTH} is refused where it enters the node,
+    so it never has to be encoded again deep in the node's stack (where
+    Python's encoder would run out of recursion and fail the request).
+    """
+
+    def test_limit(self) -> None:
+        """
+        Arrays and objects nested C{MAX_JSON_DEPTH} deep are accepted, one
+        more level is refused.
+        """
+        for opener, closer in (("[", "]"), ('{"a":', "}")):
+            inner = "1" if opener != "[" else ""
+            self.assertIsNotNone(strict_json(opener * MAX_JSON_DEPTH + inner + closer * MAX_JSON_DEPTH))
+            with self.assertRaises(ValueError) as caught:
+                strict_json((opener * (MAX_JSON_DEPTH + 1) + inner + closer * (MAX_JSON_DEPTH + 1)).encode())
+            self.assertIn(f"nested deeper than {MAX_JSON_DEPTH} levels", str(caught.exception))
+
+    def test_brackets_in_strings(self) -> None:
+        """
+        Brackets inside strings are no nesting: many of them are fine.
+        """
+        self.assertEqual(strict_json(json.dumps(["[{" * 1000])), ["[{" * 1000])
+
+    def test_wide_not_deep(self) -> None:
+        """
+        Many shallow arrays side by side are fine.
+        """
+        self.assertEqual(len(strict_json("[" + ",".join(["[[]]"] * 1000) + "]")), 1000)
+
+    def test_message(self) -> None:
+        """
+        A message whose content nests too deeply is refused as malformed.
+        """
+        content = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+        with self.assertRaises(InvalidMessage) as caught:
+            decode_message('{"performative": "inform", "receiver": "a", "content": %s}' % (content,))
+        self.assertIn("nested deeper", str(caught.exception))

@@ -309,15 +309,49 @@ def decode_message(raw: Union[bytes, str], *, require_receiver: bool = True) -> 
     return parse_message(data, require_receiver=require_receiver)
 
 
+#: The deepest nesting of arrays and objects L{strict_json} accepts (as
+#: serde_json's default).  Python's JSON encoder shares the recursion limit
+#: with the code that calls it, so a value decoded near that limit (about a
+#: thousand levels) could not be encoded again deeper in the node's stack:
+#: refused at the door, it never reaches the router, the store or the API.
+MAX_JSON_DEPTH = 128
+
+
 def strict_json(raw: Union[bytes, str]) -> Any:
     """
     Decode JSON, refusing what strict parsers refuse (C{NaN}, C{Infinity},
-    numbers out of a double's range).
+    numbers out of a double's range) and nesting deeper than
+    L{MAX_JSON_DEPTH}.
 
     @raise ValueError: for malformed or non-strict JSON.
     @raise RecursionError: for JSON nested too deeply.
     """
-    return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+    value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+    # Counting the brackets is cheap and bounds the depth from above, so
+    # only a document with many of them is walked.
+    openers = (b"[", b"{") if isinstance(raw, bytes) else ("[", "{")
+    if raw.count(openers[0]) + raw.count(openers[1]) > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """
+    Whether arrays and objects nest in C{value} deeper than C{limit}.
+    """
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def _no_constant(name: str) -> Any:

@@ -27,6 +27,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from caxton.acl.message import InvalidMessage, message_to_dict, parse_message, strict_json
 from caxton.agents.manager import AgentManager, decode_wasm
 from caxton.agents.runtime import InvalidWasm
+from caxton.api import openapi
 from caxton.cluster.interfaces import ICluster
 from caxton.cluster.standalone import Standalone
 from caxton.config import parse_duration, parse_host_port
@@ -597,8 +598,15 @@ class CaxtonAPI:
         protocol = _INVOKE_PROTOCOLS.get(performative)
         if protocol is None:
             raise InvalidMessage("invoke sends request, query-if or query-ref")
+        if body.get("reply_to") is not None or body.get("reply-to") is not None:
+            # The reply would go there, and this call would wait in vain.
+            raise InvalidMessage("invoke answers with the reply itself: reply_to is not allowed")
+        # What the node sets replaces what was given, in either spelling.
+        for field in ("reply-with", "reply-by"):
+            body.pop(field, None)
         body["protocol"] = protocol
-        body.setdefault("sender", f"{CLIENT_PREFIX}invoke-{new_id()}")
+        if body.get("sender") is None:
+            body["sender"] = f"{CLIENT_PREFIX}invoke-{new_id()}"
         body["receiver"] = name
         body["reply_with"] = new_id()
         body["reply_by"] = (
@@ -758,6 +766,16 @@ class CaxtonAPI:
         ]
         next_before = items[-1]["seq"] if len(items) == limit else None
         return self._json(request, {"dead_letters": items, "next_before": next_before})
+
+    # The API's description -----------------------------------------------------------
+
+    @app.route("/api/v1/openapi.json", methods=["GET"])
+    def openapi_document(self, request: Any) -> bytes:
+        """
+        The OpenAPI 3.1 description of this API (L{caxton.api.openapi}).
+        """
+        request.setHeader("content-type", _JSON)
+        return openapi.encoded()
 
 
     # Keys and the audit log (caxton.auth, docs/security.md) ---------------------------

@@ -304,7 +304,9 @@ class Router:
         self.counters["routed"] += 1
         accepted_at = self._reactor.seconds()
         receivers, unmet = self._resolve(message)
-        if message.sender != NODE:
+        # Messages to the node end there unpoliced: a protocol notice in
+        # answer would be answered again by an agent that answers everything.
+        if message.sender != NODE and receivers != (NODE,):
             verdict = self._tracker.observe(message, receivers, self._reactor.seconds())
             self._schedule_deadline()
             if verdict.kind != "accept":
