@@ -779,5 +779,5 @@ class LaterRouteTests(_NodeTestCase):
         await api.call("POST", "/api/v1/messages", {"performative": "inform", "receiver": "x"}, expect=403,
                        code="FORBIDDEN", token=viewer["token"])
         api.token = admin["token"]
-        await api.call("DELETE", f"/api/v1/keys/{viewer['id']}", expect=200)
+        await api.call("DELETE", f"/api/v1/keys/{viewer['key']['id']}", expect=200)
         await api.call("GET", "/api/v1/agents", expect=401, code="UNAUTHORIZED", token=viewer["token"])

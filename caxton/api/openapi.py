@@ -542,7 +542,20 @@ def _cluster_schemas() -> Dict[str, Any]:
                 "agents": _COUNT,
                 "last_sync": _nullable(_UNIX_TIME),
                 "streams": _STRINGS,
-                "counters": _object({"swim": counters, "udp": counters}, required=["swim", "udp"]),
+                "queues": {
+                    "type": "object",
+                    "additionalProperties": _COUNT,
+                    "description": "Messages waiting for each other node (the outbox).",
+                },
+                "replicas": {
+                    **_STRINGS,
+                    "description": "The relocatable agents of other nodes this node keeps a copy of.",
+                },
+                "onions": _list({"type": "object"}),
+                "counters": _object(
+                    {"swim": counters, "udp": counters, "messages": counters, "relocation": counters},
+                    required=["swim", "udp"],
+                ),
             },
             required=["node_id", "clustered", "partition", "members", "local_health", "agents"],
             description="A node that runs alone answers only the required fields.",
@@ -657,15 +670,12 @@ def _other_schemas() -> Dict[str, Any]:
         ),
         "KeyCreated": _object(
             {
-                "id": {"type": "string"},
-                "name": {"type": "string"},
-                "role": role,
-                "created_at": _UNIX_TIME,
+                "key": _ref("Key"),
                 "token": {"type": "string", "description": "Shown this once; only its hash is kept."},
             },
-            required=["id", "name", "role", "created_at", "token"],
-            closed=False,
+            required=["key", "token"],
         ),
+        "KeyRevoked": _object({"key": _ref("Key")}, required=["key"]),
         "AuditEntry": {
             "type": "object",
             "description": "One line of the audit log: a change, or a refused login.",
@@ -1134,7 +1144,7 @@ OPERATIONS: Dict[Tuple[str, str], Dict[str, Any]] = {
         "summary": "Revoke an API key.",
         "parameters": [_path("key_id", {"type": "string", "pattern": "^[^/]+$"}, "The key's id.", "k1")],
         "responses": {
-            "200": _json("Revoked: the key's record.", _ref("Key")),
+            "200": _json("Revoked: the key's record.", _ref("KeyRevoked")),
             "404": _error("No such key.", "INVALID_REQUEST"),
         },
     },
