@@ -25,6 +25,8 @@ from caxton.swim.keyring import generate_key
 @attr.s(auto_attribs=True)
 class _Spec:
     capabilities: tuple = ()
+    relocatable: bool = False
+    moves: int = 0
 
 
 @attr.s(auto_attribs=True)

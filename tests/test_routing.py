@@ -336,7 +336,8 @@ class PartitionTests(RoutingTestCase):
             )
             self.assertEqual(status, 202, sent)
         _, status_body = await c1.get("/api/v1/cluster/status")
-        self.assertEqual(status_body["queues"].get("n3"), total)
+        _, early = await c1.get("/api/v1/mailboxes/client:across")
+        self.assertEqual(status_body["queues"].get("n3"), total, (status_body, early))
 
         self.netns.cut(down=False)
         for node in ("n1", "n2", "n3"):
