@@ -1141,3 +1141,24 @@ class QueueRecordTests(SynchronousTestCase):
         self.assertEqual(outbox, [("n2", 7, 2, "echo", '{"i": 2}', 99.0)])
         self.assertEqual(intake, [{("n3", 5): 42}])
         self.assertEqual(homes, [("client:a", "c1", "n2")])
+
+    def test_sync_behind_a_failed_batch_fails(self) -> None:
+        """
+        A sync promises that what came before it is written: when that
+        batch was rolled back, the sync fails (once), and the next one,
+        behind a good batch, succeeds.
+        """
+        self.store.journal_add("a", "m1", b"{}")
+        self.store.intake_high("n", 1, 2**63)  # too large for SQLite: the batch fails
+        failed: List[Any] = []
+        self.store.sync().addErrback(failed.append)
+        self.pool.run()
+        self.assertEqual(len(failed), 1)
+        self.assertEqual(len(self.flushLoggedErrors(OverflowError)), 1)
+        journal: List[Any] = []
+        self.store.load_journal().addCallback(journal.extend)
+        self.store.journal_add("a", "m2", b"{}")
+        ok: List[Any] = []
+        self.store.sync().addCallback(ok.append)
+        self.pool.run()
+        self.assertEqual((journal, ok), ([], [None]))

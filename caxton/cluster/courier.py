@@ -152,20 +152,29 @@ def _read_frame(payload: bytes) -> Tuple[int, List[Tuple[int, str, Dict[str, Any
     if not isinstance(frame, dict):
         raise ValueError("a FORWARD frame is an object")
     epoch, messages = frame.get("e"), frame.get("m")
-    if not isinstance(epoch, int) or not isinstance(messages, list):
+    if not _in_range(epoch) or not isinstance(messages, list):
         raise ValueError("a FORWARD frame has an epoch and messages")
     read = []
     for item in messages:
         if (
             not isinstance(item, list)
             or len(item) != 3
-            or not isinstance(item[0], int)
+            or not _in_range(item[0])
             or not isinstance(item[1], str)
             or not isinstance(item[2], dict)
         ):
             raise ValueError("a forwarded message is [seq, receiver, message]")
         read.append((item[0], item[1], item[2]))
     return epoch, read
+
+
+#: Epochs and sequence numbers peers may send: positive and well inside
+#: SQLite's 64-bit integers.
+_MAX_NUMBER = 2**62
+
+
+def _in_range(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < _MAX_NUMBER
 
 
 @implementer(IRemoteRoutes)
@@ -257,7 +266,8 @@ class Courier(Service):
         self._intake.update(await self._store.load_intake())
         for client, conversation_id, node in await self._store.load_client_homes(CLIENT_HOMES):
             self._clients[(client, conversation_id or None)] = node
-        earlier = max([row[1] for row in rows] + [epoch for _, epoch in self._intake], default=0)
+        # Above this node's own earlier runs (peers' runs do not matter).
+        earlier = max((row[1] for row in rows), default=0)
         self.epoch = max(int(self._reactor.seconds() * 1000), earlier + 1)
         kept: Dict[str, List[_Out]] = {}
         for node, epoch, seq, receiver, body, expires_at in rows:
@@ -389,6 +399,13 @@ class Courier(Service):
         if registry is not None:
             for name in list(self._shadowed):
                 self._check_name(registry, name)
+            # Messages waiting for a node now dead, for agents that already
+            # run elsewhere (their new entry came before the death).
+            for node, peer in list(self._peers.items()):
+                if registry.failed(node):
+                    for name in {out.receiver for out in peer.entries}:
+                        for entry in registry.lookup(name):
+                            self._follow(entry)
 
     def _check_name(self, registry: Any, name: str) -> None:
         live = registry.lookup(name)
@@ -625,8 +642,8 @@ class Courier(Service):
         try:
             ack = json.loads(payload)
             epoch, high = ack["e"], ack["h"]
-            if not isinstance(epoch, int) or not isinstance(high, int):
-                raise ValueError("epoch and high are integers")
+            if not _in_range(epoch) or not _in_range(high):
+                raise ValueError("epoch and high are positive integers")
         except (ValueError, KeyError, TypeError) as e:
             self.counters["malformed"] += 1
             log.warn("malformed ACK from {node}: {error}", node=origin, error=str(e))
@@ -730,8 +747,8 @@ class Courier(Service):
                     continue
                 high = seq
                 self.counters["received"] += 1
-                self._note_client(origin, body)
                 try:
+                    self._note_client(origin, body)
                     self._router.arrived(receiver, body)
                 except InvalidMessage as e:
                     self.counters["malformed"] += 1
@@ -769,9 +786,11 @@ class Courier(Service):
         to its mailbox there.
         """
         sender = body.get("sender")
+        conversation_id = body.get("conversation_id")
         if not isinstance(sender, str) or not sender.startswith("client:"):
             return
-        conversation_id = body.get("conversation_id")
+        if not isinstance(conversation_id, str):
+            raise InvalidMessage("a forwarded message carries its conversation_id")
         for key in ((sender, conversation_id), (sender, None)):
             if self._clients.get(key) != origin:
                 self._store.client_home(key[0], key[1] or "", origin)

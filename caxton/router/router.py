@@ -244,6 +244,10 @@ class Router:
         message = parse_message(body)
         if message.message_id is None or message.conversation_id is None:
             raise InvalidMessage("a forwarded message carries its ids")
+        if receiver == NODE or receiver.startswith(TOOL_PREFIX):
+            # Tools are called by the node of the agent that asked (which
+            # checks its allowances); nobody forwards to them.
+            raise InvalidMessage(f"{receiver!r} is not a receiver another node forwards to")
         self.counters["arrived"] += 1
         receivers = (receiver,)
         if message.sender != NODE:
@@ -254,7 +258,7 @@ class Router:
                 self._protocol_refusal(message, verdict.kind, verdict.reason)
                 return
         self._record(message, receivers, body)
-        self._deliver(message, encode_body(body), receiver, body)
+        self._deliver(message, encode_body(body), receiver, body, arrived=True)
 
     # Routing -----------------------------------------------------------------
 
@@ -335,6 +339,7 @@ class Router:
         body: Dict[str, Any],
         journaled: bool = False,
         accepted_at: Optional[float] = None,
+        arrived: bool = False,
     ) -> None:
         if name == NODE:
             # Answers to the node's own messages (an agent replying to a
@@ -347,7 +352,12 @@ class Router:
             return
         remote = self.remote
         if name.startswith(CLIENT_PREFIX):
-            home = remote.client_home(name, message.conversation_id) if remote is not None else None
+            # A message another node sent here for a client stays here: two
+            # nodes that each think the client is at the other must not
+            # pass it back and forth.
+            home = None
+            if remote is not None and not arrived:
+                home = remote.client_home(name, message.conversation_id)
             if home is not None:
                 self._forward(home, message, raw, name)
                 return
@@ -427,7 +437,7 @@ class Router:
             self.counters["forwarded"] += 1
             self._observer.routed("remote", None)
 
-    def _here(self, name: str) -> bool:
+    def _here(self, name: str, conversation_id: Optional[str]) -> bool:
         """
         Whether C{name} sends from this node: one of its agents, or an API
         client that did not come through another node.
@@ -435,7 +445,7 @@ class Router:
         if self.remote is None:
             return True
         if name.startswith(CLIENT_PREFIX):
-            return self.remote.client_home(name, None) is None
+            return self.remote.client_home(name, conversation_id) is None
         return self._agents.get(name) is not None
 
     # MCP tools (SPEC 8) ------------------------------------------------------
@@ -635,7 +645,7 @@ class Router:
     def _deadline_passed(self) -> None:
         self._deadline, self._deadline_at = None, None
         for timeout in self._tracker.expire(self._reactor.seconds()):
-            if not self._here(timeout.initiator):
+            if not self._here(timeout.initiator, timeout.initiating.conversation_id):
                 # Its own node keeps the deadline too and tells it.
                 continue
             initiating = timeout.initiating

@@ -798,6 +798,10 @@ class SQLiteStore:
         self._flushCall: Any = None
         self._holding = 0
         self._syncing: Optional[Deferred] = None
+        # Batches handed to the worker, and the last one that failed (with
+        # why): a sync behind a failed batch fails too, once.
+        self._batches = 0
+        self._failed: Optional[Tuple[int, Failure]] = None
         self._nextSync: List[Deferred] = []
         self._shutdownTrigger: Any = None
 
@@ -913,13 +917,20 @@ class SQLiteStore:
             self._maxMessages,
             self._maxDeadLetters,
         )
-        written.addErrback(
-            lambda failure: _log.failure(
-                "could not write a batch of {count} records to the state database",
-                failure,
-                count=len(batch),
-            )
+        self._batches += 1
+        written.addErrback(self._batchFailed, len(batch), self._batches)
+
+    def _batchFailed(self, failure: Failure, count: int, number: int) -> None:
+        """
+        A batch was rolled back: log it, and fail the syncs waiting behind
+        it (they promise that what came before them is written).
+        """
+        _log.failure(
+            "could not write a batch of {count} records to the state database",
+            failure,
+            count=count,
         )
+        self._failed = (number, failure)
 
     # IStateStore
 
@@ -1167,11 +1178,16 @@ class SQLiteStore:
             return d
         waiting = [d]
         self._syncing = self._run(_nothing)
-        self._syncing.addBoth(self._synced, waiting)
+        # _run handed every pending record to the worker first.
+        self._syncing.addBoth(self._synced, waiting, self._batches)
         return d
 
-    def _synced(self, result: Any, waiting: List[Deferred]) -> None:
+    def _synced(self, result: Any, waiting: List[Deferred], behind: int) -> None:
         self._syncing = None
+        if self._failed is not None and self._failed[0] <= behind and not isinstance(result, Failure):
+            # A batch before this sync failed (its errback ran first: the
+            # worker and the reactor both keep order).
+            result, self._failed = self._failed[1], None
         _fire(waiting, result)
         following, self._nextSync = self._nextSync, []
         if following:
