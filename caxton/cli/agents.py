@@ -409,12 +409,6 @@ def render_agent(agent: Dict[str, Any], now: Optional[float] = None) -> str:
     return output.fields(pairs)
 
 
-def _print(args: argparse.Namespace, client: NodeClient, out: TextIO, value: Any, line: str) -> None:
-    if client.settings.json:
-        output.print_json(value, out)
-    else:
-        print(line, file=out)
-
 
 # Commands ------------------------------------------------------------------------------------------
 
@@ -442,11 +436,13 @@ async def list_agents(args: argparse.Namespace, client: NodeClient, out: TextIO,
         if not following or following == cursor:
             break
         cursor = following
-    if client.settings.json:
-        output.print_json({"agents": agents, "next_cursor": None}, out)
-    else:
-        filtered = any(v is not None for v in (args.node, args.capability, args.status))
-        print(render_list(agents, args.by_node, filtered), file=out)
+    filtered = any(v is not None for v in (args.node, args.capability, args.status))
+    output.answer(
+        client.settings.json,
+        {"agents": agents, "next_cursor": None},
+        lambda: render_list(agents, args.by_node, filtered),
+        out,
+    )
     return 0
 
 
@@ -456,10 +452,7 @@ async def show_agent(args: argparse.Namespace, client: NodeClient, out: TextIO, 
     C{agents show NAME}.
     """
     agent = await client.get(_path(args.agent))
-    if client.settings.json:
-        output.print_json(agent, out)
-    else:
-        print(render_agent(agent), file=out)
+    output.answer(client.settings.json, agent, lambda: render_agent(agent), out)
     return 0
 
 
@@ -481,13 +474,12 @@ async def deploy(args: argparse.Namespace, client: NodeClient, out: TextIO, err:
         raise CommandError(
             f"interrupted; the node finishes the deploy anyway: see 'caxton agents show {spec['name']}'"
         ) from None
-    _print(
-        args,
-        client,
-        out,
+    output.answer(
+        client.settings.json,
         agent,
-        f"deployed agent {agent.get('name')} version {agent.get('version')} on node {agent.get('node')}: "
-        f"{agent.get('status')}",
+        lambda: f"deployed agent {agent.get('name')} version {agent.get('version')} "
+        f"on node {agent.get('node')}: {agent.get('status')}",
+        out,
     )
     return 0
 
@@ -512,13 +504,18 @@ async def update(args: argparse.Namespace, client: NodeClient, out: TextIO, err:
         raise CommandError(
             f"interrupted; the node finishes the update anyway: see 'caxton agents show {args.agent}'"
         ) from None
-    _print(
-        args,
-        client,
-        out,
+    output.answer(
+        client.settings.json,
         agent,
-        f"updated agent {agent.get('name')} to version {agent.get('version')}: {agent.get('status')}",
+        lambda: f"updated agent {agent.get('name')} to version {agent.get('version')}: {agent.get('status')}",
+        out,
     )
+    return 0
+
+
+async def _lifecycle(action: str, args: argparse.Namespace, client: NodeClient, out: TextIO) -> int:
+    agent = await client.post(_path(args.agent) + "/" + action)
+    output.answer(client.settings.json, agent, lambda: f"agent {agent.get('name')}: {agent.get('status')}", out)
     return 0
 
 
@@ -527,9 +524,7 @@ async def stop(args: argparse.Namespace, client: NodeClient, out: TextIO, err: T
     """
     C{agents stop NAME}.
     """
-    agent = await client.post(_path(args.agent) + "/stop")
-    _print(args, client, out, agent, f"agent {agent.get('name')}: {agent.get('status')}")
-    return 0
+    return await _lifecycle("stop", args, client, out)
 
 
 @node_command
@@ -537,9 +532,7 @@ async def start(args: argparse.Namespace, client: NodeClient, out: TextIO, err: 
     """
     C{agents start NAME}.
     """
-    agent = await client.post(_path(args.agent) + "/start")
-    _print(args, client, out, agent, f"agent {agent.get('name')}: {agent.get('status')}")
-    return 0
+    return await _lifecycle("start", args, client, out)
 
 
 @node_command
@@ -548,7 +541,9 @@ async def remove(args: argparse.Namespace, client: NodeClient, out: TextIO, err:
     C{agents remove NAME}: 204, nothing to show but the fact.
     """
     await client.request("DELETE", _path(args.agent))
-    _print(args, client, out, {"name": args.agent, "removed": True}, f"removed agent {args.agent}")
+    output.answer(
+        client.settings.json, {"name": args.agent, "removed": True}, lambda: f"removed agent {args.agent}", out
+    )
     return 0
 
 

@@ -70,10 +70,7 @@ async def status(args: argparse.Namespace, client: NodeClient, out: TextIO, err:
     C{cluster status}.
     """
     answer = await client.get("/api/v1/cluster/status")
-    if client.settings.json:
-        output.print_json(answer, out)
-    else:
-        print(render_status(answer), file=out)
+    output.answer(client.settings.json, answer, lambda: render_status(answer), out)
     return 0
 
 
@@ -83,10 +80,7 @@ async def members(args: argparse.Namespace, client: NodeClient, out: TextIO, err
     C{cluster members}.
     """
     answer = await client.get("/api/v1/cluster/members")
-    if client.settings.json:
-        output.print_json(answer, out)
-    else:
-        print(render_members(answer.get("members") or []), file=out)
+    output.answer(client.settings.json, answer, lambda: render_members(answer.get("members") or []), out)
     return 0
 
 
@@ -98,14 +92,14 @@ async def join(args: argparse.Namespace, client: NodeClient, out: TextIO, err: T
     answer = await client.post(
         "/api/v1/cluster/join", {"seeds": args.seeds}, timeout=client.settings.timeout or JOIN_TIMEOUT
     )
-    if client.settings.json:
-        output.print_json(answer, out)
-    else:
-        print(
-            f"joined through {answer.get('joined')} of {len(args.seeds)} seed{'s' if len(args.seeds) != 1 else ''}; "
-            f"this node knows {answer.get('members')} members",
-            file=out,
-        )
+    seeds = len(args.seeds)
+    output.answer(
+        client.settings.json,
+        answer,
+        lambda: f"joined through {answer.get('joined')} of {seeds} seed{'s' if seeds != 1 else ''}; "
+        f"this node knows {answer.get('members')} members",
+        out,
+    )
     return 0
 
 
@@ -115,10 +109,9 @@ async def leave(args: argparse.Namespace, client: NodeClient, out: TextIO, err: 
     C{cluster leave}.
     """
     answer = await client.post("/api/v1/cluster/leave")
-    if client.settings.json:
-        output.print_json(answer, out)
-    else:
-        print("left the cluster; the node runs alone until it joins again", file=out)
+    output.answer(
+        client.settings.json, answer, lambda: "left the cluster; the node runs alone until it joins again", out
+    )
     return 0
 
 

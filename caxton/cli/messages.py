@@ -340,10 +340,7 @@ async def show_conversation(args: argparse.Namespace, client: NodeClient, out: T
             break
         after = answer.get("next_after")
     whole = {**answer, "messages": messages, "next_after": messages[-1]["seq"] if messages else 0}
-    if client.settings.json:
-        output.print_json(whole, out)
-    else:
-        print(render_conversation(whole), file=out)
+    output.answer(client.settings.json, whole, lambda: render_conversation(whole), out)
     return 0
 
 
@@ -371,10 +368,9 @@ async def list_conversations(args: argparse.Namespace, client: NodeClient, out: 
     answer = await client.get(
         "/api/v1/conversations", [("participant", args.participant), ("limit", args.limit)]
     )
-    if client.settings.json:
-        output.print_json(answer, out)
-    else:
-        print(render_conversations(answer.get("conversations") or []), file=out)
+    output.answer(
+        client.settings.json, answer, lambda: render_conversations(answer.get("conversations") or []), out
+    )
     return 0
 
 

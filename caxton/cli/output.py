@@ -33,6 +33,17 @@ def print_json(value: Any, out: TextIO) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False), file=out)
 
 
+def answer(as_json: bool, value: Any, text: Callable[[], str], out: TextIO) -> None:
+    """
+    Print what a command got: C{value} as JSON (C{--json}), or the
+    readable C{text()}.
+    """
+    if as_json:
+        print_json(value, out)
+    else:
+        print(text(), file=out)
+
+
 def json_line(value: Any) -> str:
     """
     C{value} as one line of compact JSON with sorted keys (for streams).
